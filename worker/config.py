@@ -1,0 +1,143 @@
+"""Settings read from the environment, validated once, passed explicitly.
+
+Every setting is documented in the README's "Configuration" table; keep the two in step.
+Timing settings are derived from the visibility timeout so that no task run, lease or
+backoff can outlive it (an unacked Redis message older than the visibility timeout is
+delivered again, even while it still runs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_LIVEKIT_URL = "http://127.0.0.1:7880"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = DEFAULT_REDIS_URL
+    livekit_url: str = DEFAULT_LIVEKIT_URL
+    livekit_api_key: str = ""
+    livekit_api_secret: str = ""
+    secret_keys: tuple[str, ...] = ()
+    visibility_timeout: int = 3600
+    max_attempts: int = 8
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    livekit_timeout: float = 10.0
+    strict_numbers: bool = False
+    results_maxlen: int = 100_000
+    queue: str = "trunkline.provision"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        raw_keys = env.get("TRUNKLINE_SECRET_KEYS", "").split(",")
+        keys = tuple(k.strip() for k in raw_keys if k.strip())
+        visibility = _int(env, "TRUNKLINE_VISIBILITY_TIMEOUT", 3600, minimum=10)
+        return cls(
+            redis_url=env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,
+            livekit_url=env.get("LIVEKIT_URL", "").strip() or DEFAULT_LIVEKIT_URL,
+            livekit_api_key=env.get("LIVEKIT_API_KEY", "").strip(),
+            livekit_api_secret=env.get("LIVEKIT_API_SECRET", "").strip(),
+            secret_keys=keys,
+            visibility_timeout=visibility,
+            max_attempts=_int(env, "TRUNKLINE_MAX_ATTEMPTS", 8, minimum=1),
+            backoff_base=_float(env, "TRUNKLINE_BACKOFF_BASE", 1.0, minimum=0.01),
+            backoff_cap=_float(env, "TRUNKLINE_BACKOFF_MAX", 300.0, minimum=0.01),
+            livekit_timeout=_float(env, "TRUNKLINE_LIVEKIT_TIMEOUT", 10.0, minimum=0.1),
+            strict_numbers=_bool(env, "TRUNKLINE_STRICT_NUMBERS", False),
+            results_maxlen=_int(env, "TRUNKLINE_RESULTS_MAXLEN", 100_000, minimum=100),
+            queue=env.get("TRUNKLINE_QUEUE", "").strip() or "trunkline.provision",
+        )
+
+    def require_livekit(self) -> None:
+        missing = [
+            name
+            for name, value in (
+                ("LIVEKIT_API_KEY", self.livekit_api_key),
+                ("LIVEKIT_API_SECRET", self.livekit_api_secret),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} must be set to reach LiveKit")
+
+    def require_secret_keys(self) -> None:
+        if not self.secret_keys:
+            raise ConfigError(
+                "TRUNKLINE_SECRET_KEYS must be set: comma-separated Fernet keys, the first one "
+                "encrypts (make one with `trunkline keygen`)"
+            )
+
+    # Derived timings. The hard time limit must end a run before its lease and lock expire,
+    # and both must end well before the broker would redeliver the message.
+    @property
+    def task_time_limit(self) -> float:
+        return min(600.0, self.visibility_timeout * 0.5)
+
+    @property
+    def task_soft_time_limit(self) -> float:
+        return self.task_time_limit * 0.8
+
+    @property
+    def lease_seconds(self) -> float:
+        return min(660.0, self.visibility_timeout * 0.6)
+
+    @property
+    def effective_backoff_cap(self) -> float:
+        return min(self.backoff_cap, self.visibility_timeout * 0.5)
+
+    @property
+    def submit_grace(self) -> float:
+        """How long a stored job may wait for its first enqueue before the sweeper sends it."""
+        return min(30.0, self.visibility_timeout * 0.5)
+
+    @property
+    def sweep_interval(self) -> float:
+        return max(1.0, min(30.0, self.visibility_timeout / 8))

@@ -1,0 +1,199 @@
+"""What the job store holds: the job record (the source of truth) and phone-number records.
+
+These models are the versioned contract between producers, workers and ops tools. They never
+hold a plaintext password: only its Fernet ciphertext.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.contract import ProvisionRequest, Transport
+from worker.vault import Vault
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return "job_" + uuid.uuid4().hex
+
+
+def new_phone_number_id() -> str:
+    return "pn_" + uuid.uuid4().hex
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED)
+
+
+class Phase(StrEnum):
+    PROVISION = "provision"
+    COMPENSATE = "compensate"
+
+
+class StepName(StrEnum):
+    INBOUND_TRUNK = "inbound_trunk"
+    OUTBOUND_TRUNK = "outbound_trunk"
+    DISPATCH_RULE = "dispatch_rule"
+    PHONE_NUMBER = "phone_number"
+
+
+STEP_ORDER = (
+    StepName.INBOUND_TRUNK,
+    StepName.OUTBOUND_TRUNK,
+    StepName.DISPATCH_RULE,
+    StepName.PHONE_NUMBER,
+)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    # The call may have happened: a redelivered job must look for what it created.
+    STARTED = "started"
+    DONE = "done"
+    COMPENSATED = "compensated"
+
+
+class StepRecord(BaseModel):
+    status: StepStatus = StepStatus.PENDING
+    resource_id: str | None = None
+    adopted: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    retryable: bool
+    field: str | None = None
+
+
+class JobResult(BaseModel):
+    number: str
+    inbound_trunk_id: str
+    outbound_trunk_id: str
+    dispatch_rule_id: str
+    phone_number_id: str
+
+
+class StoredRequest(BaseModel):
+    """A validated request as stored: the password only as ciphertext."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    number: str
+    outbound_pstn: str
+    auth_user_name: str
+    auth_password_ciphertext: str
+    agent_name: str | None = None
+    transport: Transport = Transport.AUTO
+    allowed_addresses: tuple[str, ...] = ()
+    room_prefix: str = "call-"
+    metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def seal(cls, request: ProvisionRequest, vault: Vault) -> StoredRequest:
+        return cls(
+            name=request.name,
+            number=request.number,
+            outbound_pstn=request.outbound_pstn,
+            auth_user_name=request.auth_user_name,
+            auth_password_ciphertext=vault.encrypt(request.auth_password.get_secret_value()),
+            agent_name=request.agent_name,
+            transport=request.transport,
+            allowed_addresses=request.allowed_addresses,
+            room_prefix=request.room_prefix,
+            metadata=request.metadata,
+        )
+
+
+class Attempt(BaseModel):
+    number: int
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: JobError | None = None
+
+
+class Job(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    org_id: str
+    kind: str = "create"
+    state: JobState = JobState.QUEUED
+    phase: Phase = Phase.PROVISION
+    run: int = 1
+    attempts: int = 0
+    compensation_attempts: int = 0
+    request: StoredRequest
+    request_fingerprint: str
+    idempotency_key: str | None = None
+    source: str = "client"
+    steps: dict[StepName, StepRecord] = Field(
+        default_factory=lambda: {name: StepRecord() for name in STEP_ORDER}
+    )
+    history: list[Attempt] = Field(default_factory=list)
+    result: JobResult | None = None
+    error: JobError | None = None
+    dead_lettered: bool = False
+    # Objects a compensation could not delete; reconcile and operators see them here.
+    leftovers: list[str] = Field(default_factory=list)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+
+    def step(self, name: StepName) -> StepRecord:
+        return self.steps[name]
+
+    def public_view(self) -> dict[str, Any]:
+        """The job as shown to its organisation and to operators: no ciphertext, no hashes."""
+        data = self.model_dump(mode="json", exclude={"request_fingerprint"})
+        request = data["request"]
+        request.pop("auth_password_ciphertext", None)
+        request["has_auth_password"] = True
+        return data
+
+
+class PhoneNumberRecord(BaseModel):
+    phone_number_id: str
+    org_id: str
+    number: str
+    name: str
+    job_id: str
+    inbound_trunk_id: str
+    outbound_trunk_id: str
+    dispatch_rule_id: str
+    outbound_pstn: str
+    transport: Transport
+    auth_user_name: str
+    auth_password_ciphertext: str
+    agent_name: str | None = None
+    room_prefix: str
+    allowed_addresses: tuple[str, ...] = ()
+    metadata: dict[str, Any] | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    def public_view(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"auth_password_ciphertext"})
+        data["has_auth_password"] = bool(self.auth_password_ciphertext)
+        return data

@@ -1,0 +1,255 @@
+"""One delivery of a job: lock, count the attempt, run or compensate, finish or reschedule.
+
+Plain code, no Celery: the task adapter turns the returned Outcome into a Celery retry.
+Attempts are counted in the job record when a delivery starts, before any work, so a job
+that kills its worker every time still reaches the attempt limit and is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.config import Settings
+from worker.records import Attempt, Job, JobError, JobState, Phase, utcnow
+from worker.retry import Classified, RetryPolicy, RunInterrupted, backoff, classify, decide
+from worker.saga import ProvisioningSaga, StepHooks
+from worker.store import JobStore, LeaseLost
+
+log = logging.getLogger(__name__)
+
+# Compensation must finish eventually; give it more room than the forward path.
+COMPENSATION_ATTEMPT_FACTOR = 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # "finished" | "retry" | "skipped"
+    delay: float = 0.0
+    detail: str = ""
+
+    @classmethod
+    def retry(cls, delay: float, detail: str) -> Outcome:
+        return cls("retry", delay, detail)
+
+    @classmethod
+    def skipped(cls, detail: str) -> Outcome:
+        return cls("skipped", 0.0, detail)
+
+
+def event_payload(job: Job) -> dict[str, Any]:
+    """The `payload` of a job's terminal event (never a secret)."""
+    payload: dict[str, Any] = {
+        "type": "created" if job.kind == "create" else job.kind,
+        "number": job.request.number,
+        "attempts": job.attempts,
+        "run": job.run,
+        "created_at": job.created_at.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+    if job.result is not None:
+        payload.update(job.result.model_dump())
+    if job.error is not None:
+        payload.update(error_code=job.error.code, error_message=job.error.message,
+                       retryable=job.error.retryable)
+        if job.error.field:
+            payload["error_field"] = job.error.field
+    if job.leftovers:
+        payload["leftovers"] = job.leftovers
+    return payload
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        saga: ProvisioningSaga,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        interruptions: tuple[type[BaseException], ...] = (),
+        hooks: StepHooks | None = None,
+    ) -> None:
+        self.store = store
+        self.saga = saga
+        self.settings = settings
+        self.clock = clock
+        self.rand = rand
+        self.interruptions = interruptions
+        self.hooks = hooks or saga.hooks
+        self.policy = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            base=settings.backoff_base,
+            cap=settings.effective_backoff_cap,
+        )
+
+    def run(self, job_id: str) -> Outcome:
+        job = self.store.get(job_id)
+        if job is None:
+            log.error("job %s not found in the job store; dropping its message", job_id)
+            return Outcome.skipped("unknown job")
+        if job.state.terminal:
+            return Outcome.skipped(f"already {job.state.value}")
+        number = job.request.number
+        token = f"{job_id}:{uuid.uuid4().hex}"
+        if not self.store.acquire_number_lock(number, token, self.settings.lease_seconds):
+            holder, remaining = self.store.number_lock_holder(number)
+            # Another run holds the number (this job's duplicate delivery, or another job for
+            # the same number): come back when its lease ends; this costs no attempt.
+            delay = min(self.policy.cap, remaining + 0.2 + self.rand())
+            log.info("job %s waits %.1fs: %s is locked by %s", job_id, delay, number,
+                     (holder or "?").split(":")[0])
+            return Outcome.retry(delay, "number locked")
+        try:
+            return self._run_locked(job_id, token)
+        except LeaseLost as lost:
+            log.warning("%s; leaving the job to the run that holds it", lost)
+            return Outcome.skipped("lease lost")
+        finally:
+            self.store.release_number_lock(number, token)
+
+    def _run_locked(self, job_id: str, token: str) -> Outcome:
+        job = self.store.get(job_id)  # fresh, now that we hold the lock
+        if job is None or job.state.terminal:
+            return Outcome.skipped("finished meanwhile")
+        now = self.clock()
+        if job.phase is Phase.PROVISION:
+            job.attempts += 1
+        else:
+            job.compensation_attempts += 1
+        job.state = JobState.RUNNING
+        job.started_at = job.started_at or _at(now)
+        job.next_attempt_at = None
+        job.history.append(Attempt(number=len(job.history) + 1, started_at=_at(now)))
+        self._save(job, token, deadline=now + self.settings.lease_seconds)
+
+        if job.phase is Phase.PROVISION:
+            if job.attempts > self.policy.max_attempts:
+                job.error = self._exhausted_error(job)
+                job.phase = Phase.COMPENSATE
+                self._save(job, token)
+            else:
+                outcome = self._provision(job, token)
+                if outcome is not None:
+                    return outcome
+        return self._compensate(job, token)
+
+    def _provision(self, job: Job, token: str) -> Outcome | None:
+        """Run the saga forward; None means: go on to compensation."""
+        try:
+            result = self.saga.provision(job, token, self._checkpoint(token))
+        except LeaseLost:
+            raise
+        except self.interruptions as exc:
+            return self._after_error(job, token, RunInterrupted(type(exc).__name__))
+        except Exception as exc:
+            return self._after_error(job, token, exc)
+        job.result = result
+        job.error = None
+        return self._finish(job, token, JobState.SUCCEEDED)
+
+    def _after_error(self, job: Job, token: str, exc: BaseException) -> Outcome | None:
+        info = classify(exc)
+        self._close_attempt(job, info)
+        decision = decide(exc, job.attempts, self.policy, self.rand)
+        if decision.retry:
+            log.info("job %s attempt %d failed (%s); retry in %.1fs", job.job_id, job.attempts,
+                     info.code, decision.delay)
+            return self._reschedule(job, token, decision.delay, info)
+        if info.retryable:
+            info = Classified(info.code, f"gave up after {job.attempts} attempts: {info.message}",
+                              True, info.field)
+        log.warning("job %s failed permanently (%s); compensating", job.job_id, info.code)
+        job.error = _job_error(info)
+        job.phase = Phase.COMPENSATE
+        self._save(job, token)
+        return None
+
+    def _compensate(self, job: Job, token: str) -> Outcome:
+        try:
+            self.saga.compensate(job, token, self._checkpoint(token))
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            info = classify(exc)
+            limit = self.policy.max_attempts * COMPENSATION_ATTEMPT_FACTOR
+            if info.retryable and job.compensation_attempts < limit:
+                delay = backoff(job.compensation_attempts + 1, self.policy, self.rand)
+                log.warning("job %s compensation failed (%s); retry in %.1fs", job.job_id,
+                            info.code, delay)
+                self._close_attempt(job, info)
+                return self._reschedule(job, token, delay, None)
+            # Out of patience: record exactly what may be left so reconcile can remove it.
+            job.leftovers = self.saga.leftovers(job)
+            log.error("job %s compensation gave up (%s); leftovers %s", job.job_id, info.code,
+                      job.leftovers)
+        return self._finish(job, token, JobState.FAILED)
+
+    def _reschedule(self, job: Job, token: str, delay: float, info: Classified | None) -> Outcome:
+        now = self.clock()
+        job.state = JobState.QUEUED
+        if info is not None:
+            job.error = _job_error(info)
+        job.next_attempt_at = _at(now + delay)
+        # If the retry message is lost, the sweeper re-sends it one visibility timeout later.
+        self._save(job, token, deadline=now + delay + self.settings.visibility_timeout)
+        return Outcome.retry(delay, job.error.code if job.error else "retry")
+
+    def _finish(self, job: Job, token: str, state: JobState) -> Outcome:
+        job.state = state
+        job.finished_at = utcnow()
+        job.updated_at = job.finished_at
+        job.dead_lettered = state is JobState.FAILED
+        if job.history and job.history[-1].finished_at is None:
+            job.history[-1].finished_at = job.finished_at
+        self.hooks.reached("before_finish", job)
+        published, event_id = self.store.finish(
+            job, token, payload=event_payload(job), dead_letter=job.dead_lettered
+        )
+        log.info("job %s %s (event %s%s)", job.job_id, state.value, event_id,
+                 "" if published else ", already published")
+        return Outcome("finished", detail=state.value)
+
+    def _exhausted_error(self, job: Job) -> JobError:
+        last = job.error
+        if last is not None:
+            return JobError(code=last.code, retryable=True, field=last.field,
+                            message=f"gave up after {self.policy.max_attempts} attempts: "
+                                    f"{last.message}")
+        return JobError(
+            code="worker_lost",
+            retryable=True,
+            message=f"the worker running this job died {self.policy.max_attempts} times "
+                    "(killed or out of memory); it was stopped to protect the queue",
+        )
+
+    def _close_attempt(self, job: Job, info: Classified) -> None:
+        if job.history:
+            job.history[-1].finished_at = utcnow()
+            job.history[-1].error = _job_error(info)
+
+    def _checkpoint(self, token: str) -> Callable[[Job], None]:
+        def checkpoint(job: Job) -> None:
+            self._save(job, token)
+
+        return checkpoint
+
+    def _save(self, job: Job, token: str, *, deadline: float | None = None) -> None:
+        job.updated_at = utcnow()
+        self.store.save(job, token, deadline=deadline)
+
+
+def _job_error(info: Classified) -> JobError:
+    return JobError(code=info.code, message=info.message, retryable=info.retryable,
+                    field=info.field)
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)

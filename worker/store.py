@@ -1,0 +1,322 @@
+"""The job store in Redis: job records, phone-number records, locks, dead letters, results.
+
+The job record is the source of truth; a broker message only carries its id. Every write a
+worker makes while running a job is fenced by the per-number lock token it holds, so a run
+that lost its lock (it overran, or another delivery took over) cannot overwrite newer state.
+Multi-key changes that must not be seen half-done are Lua scripts (atomic in Redis).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis import Redis
+
+from worker.records import Job, PhoneNumberRecord
+
+RESULTS_STREAM = "trunkline:results"
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+
+class StoreError(Exception):
+    """Base for store conflicts that the caller must act on."""
+
+
+class LeaseLost(StoreError):
+    """This run no longer holds its number lock; it must stop writing."""
+
+
+class IdempotencyConflict(StoreError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"this Idempotency-Key was already used for job {job_id} with a different request; "
+            "use a new key for a different request"
+        )
+
+
+class NumberTaken(StoreError):
+    def __init__(self, record: PhoneNumberRecord) -> None:
+        self.record = record
+        super().__init__(f"{record.number} is already provisioned ({record.phone_number_id})")
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "trunkline"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def published(self, job_id: str, run: int) -> str:
+        return f"{self.prefix}:published:{job_id}:{run}"
+
+    @property
+    def active(self) -> str:
+        return f"{self.prefix}:jobs:active"
+
+    def jobs_by_org(self, org_id: str) -> str:
+        return f"{self.prefix}:jobs:org:{org_id}"
+
+    def idempotency(self, org_id: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self.prefix}:idem:{org_id}:{digest}"
+
+    def number_lock(self, number: str) -> str:
+        return f"{self.prefix}:lock:number:{number}"
+
+    def number(self, number: str) -> str:
+        return f"{self.prefix}:number:{number}"
+
+    def numbers_by_org(self, org_id: str) -> str:
+        return f"{self.prefix}:numbers:org:{org_id}"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:dlq"
+
+    @property
+    def results(self) -> str:
+        return RESULTS_STREAM if self.prefix == "trunkline" else f"{self.prefix}:results"
+
+    @property
+    def sweeper_lock(self) -> str:
+        return f"{self.prefix}:lock:sweeper"
+
+
+_CREATE_JOB = """
+-- KEYS: idempotency key ('' for none), job, active index, org index
+-- ARGV: job id, job json, fingerprint, deadline, created score, idempotency ttl
+if KEYS[1] ~= '' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then
+    local seen = cjson.decode(existing)
+    return {seen['job_id'], seen['fingerprint'], 0}
+  end
+end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX') == false then
+  return redis.error_reply('job id already exists')
+end
+if KEYS[1] ~= '' then
+  redis.call('SET', KEYS[1], cjson.encode({job_id = ARGV[1], fingerprint = ARGV[3]}),
+             'EX', tonumber(ARGV[6]))
+end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+return {ARGV[1], ARGV[3], 1}
+"""
+
+_SAVE_FENCED = """
+-- KEYS: lock, job, active index.  ARGV: token, job json, job id, deadline ('' keeps it)
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3]) end
+return 1
+"""
+
+_PUT_NUMBER = """
+-- KEYS: lock, number record, org index.  ARGV: token, record json, job id, score, number
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, ''} end
+local existing = redis.call('GET', KEYS[2])
+if existing then
+  local record = cjson.decode(existing)
+  if record['job_id'] ~= ARGV[3] then return {2, existing} end
+  return {1, existing}
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+return {1, ARGV[2]}
+"""
+
+_DELETE_NUMBER = """
+-- KEYS: lock, number record, org index.  ARGV: token, job id, number
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local existing = redis.call('GET', KEYS[2])
+if existing and cjson.decode(existing)['job_id'] == ARGV[2] then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
+return 1
+"""
+
+# "Already published?" and XADD are one atomic step, together with the terminal job write:
+# a retried finish can neither publish twice nor leave a terminal job without its event.
+_FINISH = """
+-- KEYS: lock, job, active index, published marker, results stream, dead letters
+-- ARGV: token, job json, job id, org id, status, payload, maxlen, dead-letter flag, now
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, ''} end
+local already = redis.call('GET', KEYS[4])
+if already then return {0, already} end
+local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*',
+  'job_id', ARGV[3], 'org_id', ARGV[4], 'status', ARGV[5], 'payload', ARGV[6])
+redis.call('SET', KEYS[4], id)
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[3])
+if ARGV[8] == '1' then redis.call('ZADD', KEYS[6], ARGV[9], ARGV[3]) end
+return {1, id}
+"""
+
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class JobStore:
+    def __init__(self, redis: Redis, *, keys: Keys | None = None, results_maxlen: int = 100_000):
+        self.redis = redis
+        self.keys = keys or Keys()
+        self.results_maxlen = results_maxlen
+        self._create_job = redis.register_script(_CREATE_JOB)
+        self._save = redis.register_script(_SAVE_FENCED)
+        self._put_number = redis.register_script(_PUT_NUMBER)
+        self._delete_number = redis.register_script(_DELETE_NUMBER)
+        self._finish = redis.register_script(_FINISH)
+        self._release = redis.register_script(_RELEASE_LOCK)
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def create(
+        self,
+        job: Job,
+        *,
+        deadline: float,
+        idempotency_key: str | None = None,
+    ) -> tuple[str, bool]:
+        """Store a new job, or return the job an idempotency key already points at.
+
+        Returns (job_id, created). Raises IdempotencyConflict when the key was used for a
+        request with another fingerprint.
+        """
+        idem = self.keys.idempotency(job.org_id, idempotency_key) if idempotency_key else ""
+        raw = cast(
+            list[Any],
+            self._create_job(
+                keys=[idem, self.keys.job(job.job_id), self.keys.active,
+                      self.keys.jobs_by_org(job.org_id)],
+                args=[job.job_id, job.model_dump_json(), job.request_fingerprint, deadline,
+                      job.created_at.timestamp(), IDEMPOTENCY_TTL_SECONDS],
+            ),
+        )
+        job_id, fingerprint, created = _text(raw[0]), _text(raw[1]), int(raw[2])
+        if not created and fingerprint != job.request_fingerprint:
+            raise IdempotencyConflict(job_id)
+        return job_id, bool(created)
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self.redis.get(self.keys.job(job_id))
+        return None if raw is None else Job.model_validate_json(cast(bytes, raw))
+
+    def set_deadline(self, job_id: str, deadline: float) -> None:
+        """Move a job's sweep deadline; only for jobs still in the active index."""
+        self.redis.zadd(self.keys.active, {job_id: deadline}, xx=True)
+
+    def due(self, now: float, limit: int = 100) -> list[str]:
+        ids = self.redis.zrangebyscore(self.keys.active, "-inf", now, start=0, num=limit)
+        return [_text(i) for i in cast(list[bytes], ids)]
+
+    def forget_active(self, job_id: str) -> None:
+        self.redis.zrem(self.keys.active, job_id)
+
+    def save(self, job: Job, token: str, *, deadline: float | None = None) -> None:
+        ok = self._save(
+            keys=[self.keys.number_lock(job.request.number), self.keys.job(job.job_id),
+                  self.keys.active],
+            args=[token, job.model_dump_json(), job.job_id, "" if deadline is None else deadline],
+        )
+        if not ok:
+            raise LeaseLost(f"job {job.job_id} lost its lock on {job.request.number}")
+
+    def finish(
+        self, job: Job, token: str, *, payload: dict[str, Any], dead_letter: bool
+    ) -> tuple[bool, str]:
+        """Write the terminal job and publish its one event. Returns (published_now, event id)."""
+        if not job.state.terminal:
+            raise ValueError("finish() needs a terminal job state")
+        raw = cast(
+            list[Any],
+            self._finish(
+                keys=[self.keys.number_lock(job.request.number), self.keys.job(job.job_id),
+                      self.keys.active, self.keys.published(job.job_id, job.run),
+                      self.keys.results, self.keys.dead_letters],
+                args=[token, job.model_dump_json(), job.job_id, job.org_id, job.state.value,
+                      json.dumps(payload, separators=(",", ":"), default=str),
+                      self.results_maxlen, "1" if dead_letter else "0", time.time()],
+            ),
+        )
+        status = int(raw[0])
+        if status == -1:
+            raise LeaseLost(f"job {job.job_id} lost its lock before finishing")
+        return status == 1, _text(raw[1])
+
+    # --- per-number lock --------------------------------------------------------------
+
+    def acquire_number_lock(self, number: str, token: str, ttl_seconds: float) -> bool:
+        return bool(
+            self.redis.set(self.keys.number_lock(number), token, nx=True,
+                           px=max(1, int(ttl_seconds * 1000)))
+        )
+
+    def number_lock_holder(self, number: str) -> tuple[str | None, float]:
+        """The token holding a number's lock and the seconds it has left."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys.number_lock(number))
+        pipe.pttl(self.keys.number_lock(number))
+        holder, pttl = pipe.execute()
+        return (None if holder is None else _text(holder)), max(0.0, int(pttl) / 1000)
+
+    def release_number_lock(self, number: str, token: str) -> None:
+        self._release(keys=[self.keys.number_lock(number)], args=[token])
+
+    # --- phone-number records ---------------------------------------------------------
+
+    def get_number(self, number: str) -> PhoneNumberRecord | None:
+        raw = self.redis.get(self.keys.number(number))
+        return None if raw is None else PhoneNumberRecord.model_validate_json(cast(bytes, raw))
+
+    def put_number(self, record: PhoneNumberRecord, token: str) -> PhoneNumberRecord:
+        """Write the record unless the number belongs to another job (NumberTaken)."""
+        raw = cast(
+            list[Any],
+            self._put_number(
+                keys=[self.keys.number_lock(record.number), self.keys.number(record.number),
+                      self.keys.numbers_by_org(record.org_id)],
+                args=[token, record.model_dump_json(), record.job_id,
+                      record.created_at.timestamp(), record.number],
+            ),
+        )
+        status = int(raw[0])
+        if status == 0:
+            raise LeaseLost(f"lost the lock on {record.number} before writing its record")
+        stored = PhoneNumberRecord.model_validate_json(raw[1])
+        if status == 2:
+            raise NumberTaken(stored)
+        return stored
+
+    def delete_number_if_owned(self, number: str, org_id: str, job_id: str, token: str) -> None:
+        ok = self._delete_number(
+            keys=[self.keys.number_lock(number), self.keys.number(number),
+                  self.keys.numbers_by_org(org_id)],
+            args=[token, job_id, number],
+        )
+        if not ok:
+            raise LeaseLost(f"lost the lock on {number} before deleting its record")
+
+    def numbers_of_org(self, org_id: str) -> Iterator[str]:
+        for member in self.redis.zscan_iter(self.keys.numbers_by_org(org_id)):
+            yield _text(member[0])
+
+    # --- dead letters -----------------------------------------------------------------
+
+    def dead_letter_ids(self, limit: int = 100) -> list[str]:
+        ids = self.redis.zrevrange(self.keys.dead_letters, 0, limit - 1)
+        return [_text(i) for i in cast(list[bytes], ids)]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -133,7 +133,7 @@ def validate_gateway_address(raw: str) -> str:
     if len(text) > 260:
         raise ValueError("is longer than 260 characters")
     _, port = _split_host_port(text)
-    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise ValueError("has a port that is not a number from 1 to 65535")
     return text
 
@@ -144,7 +144,6 @@ class ProvisionRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         populate_by_name=True,
-        str_strip_whitespace=True,
         frozen=True,
     )
 
@@ -160,6 +159,14 @@ class ProvisionRequest(BaseModel):
     )
     room_prefix: str = Field(default="call-", alias="roomPrefix", max_length=64)
     metadata: dict[str, Any] | None = None
+
+    # Surrounding whitespace is dropped from identifiers, never from the password: a
+    # silently changed credential would fail at the provider, far from its cause.
+    @field_validator("name", "number", "outbound_pstn", "auth_user_name", "agent_name",
+                     "room_prefix", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("number")
     @classmethod
@@ -182,6 +189,8 @@ class ProvisionRequest(BaseModel):
     @field_validator("auth_password")
     @classmethod
     def _password(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
         if any(not c.isprintable() for c in value.get_secret_value()):
             raise ValueError("may not contain control characters")
         return value
@@ -227,7 +236,14 @@ class ProvisionRequest(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
+        if value is None:
+            return None
+        try:
+            size = len(json.dumps(value))
+        except (TypeError, ValueError):
+            raise ValueError("must hold only JSON values (objects, arrays, strings, "
+                             "numbers, booleans, null)") from None
+        if size > MAX_METADATA_BYTES:
             raise ValueError(f"must serialise to at most {MAX_METADATA_BYTES} bytes of JSON")
         return value
 
@@ -245,6 +261,8 @@ def _field_name(loc: tuple[int | str, ...]) -> str:
 
 def _message(error: Any) -> str:
     kind = error["type"]
+    if kind in ("too_short", "too_long") and error.get("ctx", {}).get("field_type") == "Value":
+        kind = "string_" + kind  # SecretStr counts "items" of a "Value"; word it as a string
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":

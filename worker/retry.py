@@ -45,6 +45,9 @@ class RetryPolicy:
     max_attempts: int = 8
     base: float = 1.0
     cap: float = 300.0
+    # After an unknown outcome, wait at least this long before looking for what the call
+    # created: a request still being handled by the server must land before we list.
+    settle: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ def classify(exc: BaseException) -> Classified:
 
 def backoff(attempt: int, policy: RetryPolicy, rand: Callable[[], float] = random.random) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    ceiling: float = min(policy.cap, policy.base * 2.0 ** max(0, attempt - 1))
+    # Clamp the exponent: 2.0 ** 1024 overflows and TRUNKLINE_MAX_ATTEMPTS has no upper bound.
+    ceiling: float = min(policy.cap, policy.base * 2.0 ** min(max(0, attempt - 1), 1000))
     return rand() * ceiling
 
 
@@ -88,4 +92,6 @@ def decide(
     delay = backoff(attempts, policy, rand)
     if isinstance(exc, LiveKitRateLimited) and exc.retry_after:
         delay = max(delay, float(exc.retry_after))
+    if isinstance(exc, LiveKitError) and exc.outcome_unknown:
+        delay = max(delay, policy.settle)
     return Decision(retry=True, delay=min(delay, policy.cap))

@@ -88,6 +88,7 @@ class JobRunner:
             max_attempts=settings.max_attempts,
             base=settings.backoff_base,
             cap=settings.effective_backoff_cap,
+            settle=settings.livekit_timeout,
         )
 
     def run(self, job_id: str) -> Outcome:

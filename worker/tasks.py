@@ -12,11 +12,11 @@ PROVISION_TASK = "trunkline.provision"
 
 
 def register_tasks(app: Celery, runtime: RuntimeHolder) -> None:
+    # max_retries=None: the attempt limit is the job record's, not Celery's message counter.
     @app.task(name=PROVISION_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              ignore_result=True)
+              ignore_result=True, max_retries=None)
     def provision(self: Any, job_id: str) -> str:
         outcome = runtime.get().runner.run(job_id)
         if outcome.kind == "retry":
-            # The attempt count lives in the job record, so Celery's own counter is unbounded.
-            raise self.retry(countdown=outcome.delay, max_retries=None)
+            raise self.retry(countdown=outcome.delay)
         return outcome.detail

@@ -57,7 +57,12 @@ class Vault:
             ) from None
 
     def rotate(self, ciphertext: str) -> str:
-        return self._fernet.rotate(ciphertext.encode()).decode()
+        try:
+            return self._fernet.rotate(ciphertext.encode()).decode()
+        except InvalidToken:
+            raise VaultError(
+                "a stored secret cannot be rotated: no key in TRUNKLINE_SECRET_KEYS decrypts it"
+            ) from None
 
     def fingerprint(self, material: Any) -> str:
         canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))

@@ -164,6 +164,33 @@ class Job(BaseModel):
     def step(self, name: StepName) -> StepRecord:
         return self.steps[name]
 
+    def for_replay(self) -> Job:
+        """A new run of a dead-lettered job: same id, attempts reset, a new event to come.
+
+        Steps whose objects were compensated start over; steps left `started`/`done` (a
+        compensation that gave up) are kept, so the new run adopts what still exists.
+        """
+        steps = {
+            name: StepRecord() if step.status is StepStatus.COMPENSATED else step.model_copy()
+            for name, step in self.steps.items()
+        }
+        return self.model_copy(update={
+            "state": JobState.QUEUED,
+            "phase": Phase.PROVISION,
+            "run": self.run + 1,
+            "attempts": 0,
+            "compensation_attempts": 0,
+            "steps": steps,
+            "result": None,
+            "error": None,
+            "dead_lettered": False,
+            "leftovers": [],
+            "started_at": None,
+            "finished_at": None,
+            "next_attempt_at": None,
+            "updated_at": utcnow(),
+        })
+
     def public_view(self) -> dict[str, Any]:
         """The job as shown to its organisation and to operators: no ciphertext, no hashes."""
         data = self.model_dump(mode="json", exclude={"request_fingerprint"})

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis import Redis
+from redis.exceptions import WatchError
 
-from worker.records import Job, PhoneNumberRecord
+from worker.records import Job, JobState, PhoneNumberRecord
 
 RESULTS_STREAM = "trunkline:results"
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -312,6 +313,34 @@ class JobStore:
             yield _text(member[0])
 
     # --- dead letters -----------------------------------------------------------------
+
+    def replay(self, job_id: str, deadline: float) -> Job:
+        """Turn a dead-lettered job into a new queued run (the caller then enqueues it).
+
+        Raises LookupError for an unknown job and ValueError for one that is not failed.
+        """
+        key = self.keys.job(job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise LookupError(f"no job {job_id}")
+                    job = Job.model_validate_json(cast(bytes, raw))
+                    if job.state is not JobState.FAILED:
+                        raise ValueError(
+                            f"job {job_id} is {job.state.value}; only failed jobs can be replayed"
+                        )
+                    fresh = job.for_replay()
+                    pipe.multi()
+                    pipe.set(key, fresh.model_dump_json())
+                    pipe.zrem(self.keys.dead_letters, job_id)
+                    pipe.zadd(self.keys.active, {job_id: deadline})
+                    pipe.execute()
+                    return fresh
+                except WatchError:
+                    continue
 
     def dead_letter_ids(self, limit: int = 100) -> list[str]:
         ids = self.redis.zrevrange(self.keys.dead_letters, 0, limit - 1)

@@ -99,6 +99,14 @@ class ProvisioningClient:
             self.store.set_deadline(job_id, now + self.settings.visibility_timeout)
         return job_id
 
+    def replay(self, job_id: str) -> Job:
+        """Re-run a dead-lettered job under the same id: attempts reset, objects adopted."""
+        now = time.time()
+        job = self.store.replay(job_id, deadline=now + self.settings.submit_grace)
+        enqueue(self.app, self.settings, job_id)
+        self.store.set_deadline(job_id, now + self.settings.visibility_timeout)
+        return job
+
     def get(self, job_id: str) -> Job:
         job = self.store.get(job_id)
         if job is None:

@@ -1,5 +1,5 @@
 """Producers of trunk-setup jobs. Other services use `ProvisioningClient`."""
 
-from producers.client import JobNotFound, ProvisioningClient, WaitTimeout
+from producers.client import JobNotFound, NumberNotFound, ProvisioningClient, WaitTimeout
 
-__all__ = ["JobNotFound", "ProvisioningClient", "WaitTimeout"]
+__all__ = ["JobNotFound", "NumberNotFound", "ProvisioningClient", "WaitTimeout"]

@@ -13,24 +13,49 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery
 
 from worker.app import create_app, enqueue
 from worker.config import Settings
-from worker.contract import ProvisionRequest, parse_request
-from worker.records import Job, StoredRequest, new_job_id
+from worker.contract import (
+    FieldError,
+    InvalidRequest,
+    ProvisionRequest,
+    canonical_number,
+    parse_change,
+    parse_request,
+)
+from worker.records import (
+    Job,
+    JobKind,
+    PhoneNumberRecord,
+    StoredChange,
+    StoredRequest,
+    new_job_id,
+)
 from worker.runtime import redis_client
 from worker.store import JobStore
 from worker.vault import Vault
 
-__all__ = ["JobNotFound", "ProvisioningClient", "WaitTimeout"]
+__all__ = ["JobNotFound", "NumberNotFound", "ProvisioningClient", "WaitTimeout"]
 
 
 class JobNotFound(LookupError):
     pass
+
+
+class NumberNotFound(LookupError):
+    def __init__(self, number: str) -> None:
+        self.number = number
+        super().__init__(f"{number} is not provisioned for this organisation")
+
+
+_ALIAS_TO_NAME = {
+    (info.alias or name): name for name, info in ProvisionRequest.model_fields.items()
+}
 
 
 class WaitTimeout(TimeoutError):
@@ -84,11 +109,112 @@ class ProvisioningClient:
         job = Job(
             job_id=new_job_id(),
             org_id=org_id,
+            number=parsed.number,
             request=StoredRequest.seal(parsed, self.vault),
             request_fingerprint=self.vault.fingerprint(parsed.fingerprint_material()),
             idempotency_key=idempotency_key,
             source=source,
         )
+        return self._store_and_enqueue(job, idempotency_key)
+
+    def update(
+        self,
+        *,
+        org_id: str,
+        number: str,
+        changes: Mapping[str, Any],
+        idempotency_key: str | None = None,
+        source: str = "client",
+    ) -> str:
+        """Queue an in-place update of a provisioned number (any subset of the request fields).
+
+        Raises InvalidRequest for bad fields and NumberNotFound when the organisation has no
+        such number; the ids on LiveKit stay the same.
+        """
+        canonical = self._canonical(number)
+        change = parse_change(dict(changes), strict_numbers=self.settings.strict_numbers)
+        self.get_number(org_id, canonical)
+        material = {
+            "update": canonical,
+            "changes": {k: v for k, v in change.values.fingerprint_material().items()
+                        if _ALIAS_TO_NAME.get(k, k) in change.fields},
+        }
+        job = Job(
+            job_id=new_job_id(),
+            org_id=org_id,
+            kind=JobKind.UPDATE,
+            number=canonical,
+            change=StoredChange.seal(change, self.vault),
+            request_fingerprint=self.vault.fingerprint(material),
+            idempotency_key=idempotency_key,
+            source=source,
+        )
+        return self._store_and_enqueue(job, idempotency_key)
+
+    def release(
+        self,
+        *,
+        org_id: str,
+        number: str,
+        idempotency_key: str | None = None,
+        source: str = "client",
+    ) -> str:
+        """Queue the deletion of a number's rule, trunks and record.
+
+        A number that is already gone is released successfully (nothing to do); another
+        organisation's number raises NumberNotFound.
+        """
+        canonical = self._canonical(number)
+        record = self.store.get_number(canonical)
+        if record is not None and record.org_id != org_id:
+            raise NumberNotFound(canonical)
+        job = Job(
+            job_id=new_job_id(),
+            org_id=org_id,
+            kind=JobKind.RELEASE,
+            number=canonical,
+            request_fingerprint=self.vault.fingerprint({"release": canonical}),
+            idempotency_key=idempotency_key,
+            source=source,
+        )
+        return self._store_and_enqueue(job, idempotency_key)
+
+    def get_number(self, org_id: str, number: str) -> PhoneNumberRecord:
+        """The organisation's record of a number; NumberNotFound for anyone else's."""
+        record = self.store.get_number(self._canonical(number))
+        if record is None or record.org_id != org_id:
+            raise NumberNotFound(number)
+        return record
+
+    def list_numbers(
+        self, org_id: str, *, agent: str | None = None, cursor: int = 0, limit: int = 50
+    ) -> tuple[list[PhoneNumberRecord], int | None]:
+        """A page of the organisation's numbers, oldest first; returns (page, next cursor)."""
+        page: list[PhoneNumberRecord] = []
+        key = self.store.keys.numbers_by_org(org_id)
+        position = cursor
+        while len(page) < limit:
+            batch = cast(list[bytes], self.store.redis.zrange(key, position, position + limit - 1))
+            if not batch:
+                return page, None
+            for member in batch:
+                position += 1
+                record = self.store.get_number(member.decode())
+                if record is not None and (agent is None or record.agent_name == agent):
+                    page.append(record)
+                    if len(page) == limit:
+                        break
+        more = self.store.redis.zcard(key) > position
+        return page, position if more else None
+
+    def _canonical(self, number: str) -> str:
+        try:
+            return canonical_number(number, strict=False)
+        except ValueError as exc:
+            raise InvalidRequest([FieldError(field="number", message=str(exc),
+                                             code="value_error")]) from None
+
+    def _store_and_enqueue(self, job: Job, idempotency_key: str | None) -> str:
         now = time.time()
         job_id, created = self.store.create(
             job, deadline=now + self.settings.submit_grace, idempotency_key=idempotency_key

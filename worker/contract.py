@@ -88,7 +88,13 @@ def canonical_number(raw: str, *, strict: bool = False) -> str:
     if strict and not phonenumbers.is_valid_number(parsed):
         raise ValueError("is not an assigned number range in its country (strict validation is "
                          "on: TRUNKLINE_STRICT_NUMBERS)")
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    formatted = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    # Degenerate inputs (e.g. a national number of only zeros) format to a different number
+    # than they parse from; such a string cannot be one canonical identity for LiveKit.
+    reparsed = phonenumbers.parse(formatted, None)
+    if phonenumbers.format_number(reparsed, phonenumbers.PhoneNumberFormat.E164) != formatted:
+        raise ValueError("is not a number E.164 can represent unambiguously")
+    return formatted
 
 
 def _split_host_port(text: str) -> tuple[str, str | None]:
@@ -295,3 +301,52 @@ def parse_request(data: Any, *, strict_numbers: bool = False) -> ProvisionReques
         return ProvisionRequest.model_validate(data, context={"strict_numbers": strict_numbers})
     except ValidationError as exc:
         raise InvalidRequest(field_errors(exc)) from None
+
+
+# Valid stand-ins for the fields an update leaves out: the patch is validated by the same
+# model as a full request, so the rules cannot drift apart, and only patched fields can fail.
+_PLACEHOLDER = {
+    "name": "unchanged",
+    "number": "+15551234567",
+    "outboundPstn": "unchanged.invalid",
+    "authUserName": "unchanged",
+    "authPassword": "unchanged",
+}
+
+
+class ChangeRequest(BaseModel):
+    """A validated update: `values` holds every field, `fields` the ones the producer set."""
+
+    model_config = ConfigDict(frozen=True)
+
+    values: ProvisionRequest
+    fields: frozenset[str]
+
+
+def parse_change(data: Any, *, strict_numbers: bool = False) -> ChangeRequest:
+    """Validate an update (any subset of the request's fields except `number`)."""
+    if not isinstance(data, dict):
+        raise InvalidRequest([FieldError(field="body", message="must be a JSON object",
+                                         code="type_error")])
+    alias_of: dict[str, str] = {
+        name: (info.alias or name) for name, info in ProvisionRequest.model_fields.items()
+    }
+    name_of = {alias: name for name, alias in alias_of.items()}
+    patch: dict[str, Any] = {alias_of.get(str(key), str(key)): value for key, value in data.items()}
+    errors: list[FieldError] = []
+    if "number" in patch:
+        errors.append(FieldError(
+            field="number", code="immutable",
+            message="cannot be changed: release the number and set the new one up instead"))
+    if not patch:
+        errors.append(FieldError(field="body", code="empty", message="names no field to change"))
+    try:
+        values = ProvisionRequest.model_validate(
+            {**_PLACEHOLDER, **patch, "number": _PLACEHOLDER["number"]},
+            context={"strict_numbers": strict_numbers},
+        )
+    except ValidationError as exc:
+        errors.extend(field_errors(exc))
+    if errors:
+        raise InvalidRequest(errors)
+    return ChangeRequest(values=values, fields=frozenset(name_of.get(k, k) for k in patch))

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from worker.contract import ProvisionRequest, Transport
+from worker.contract import ChangeRequest, ProvisionRequest, Transport
 from worker.vault import Vault
 
 SCHEMA_VERSION = 1
@@ -125,6 +125,49 @@ class StoredRequest(BaseModel):
         )
 
 
+class StoredChange(BaseModel):
+    """An update's requested changes (only the fields the producer set), password encrypted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str | None = None
+    outbound_pstn: str | None = None
+    auth_user_name: str | None = None
+    auth_password_ciphertext: str | None = None
+    agent_name: str | None = None
+    transport: Transport | None = None
+    allowed_addresses: tuple[str, ...] | None = None
+    room_prefix: str | None = None
+    metadata: dict[str, Any] | None = None
+    # Which fields were given: `agentName: null` removes the agent, absence keeps it.
+    fields: tuple[str, ...] = ()
+
+    @classmethod
+    def seal(cls, change: ChangeRequest, vault: Vault) -> StoredChange:
+        values = change.values
+        stored: dict[str, Any] = {}
+        for name in change.fields:
+            if name == "auth_password":
+                secret = values.auth_password.get_secret_value()
+                stored["auth_password_ciphertext"] = vault.encrypt(secret)
+            else:
+                stored[name] = getattr(values, name)
+        return cls(**stored, fields=tuple(sorted(stored)))
+
+    def applied_to(self, record: PhoneNumberRecord) -> PhoneNumberRecord:
+        return record.model_copy(update={name: getattr(self, name) for name in self.fields})
+
+
+class JobKind(StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    RELEASE = "release"
+
+    @property
+    def event_type(self) -> str:
+        return {"create": "created", "update": "updated", "release": "released"}[self.value]
+
+
 class Attempt(BaseModel):
     number: int
     started_at: datetime
@@ -136,13 +179,15 @@ class Job(BaseModel):
     schema_version: int = SCHEMA_VERSION
     job_id: str
     org_id: str
-    kind: str = "create"
+    kind: JobKind = JobKind.CREATE
+    number: str
     state: JobState = JobState.QUEUED
     phase: Phase = Phase.PROVISION
     run: int = 1
     attempts: int = 0
     compensation_attempts: int = 0
-    request: StoredRequest
+    request: StoredRequest | None = None
+    change: StoredChange | None = None
     request_fingerprint: str
     idempotency_key: str | None = None
     source: str = "client"
@@ -153,6 +198,8 @@ class Job(BaseModel):
     result: JobResult | None = None
     error: JobError | None = None
     dead_lettered: bool = False
+    # Update/release: the record as the job first found it (an update's rollback target).
+    previous: PhoneNumberRecord | None = None
     # Objects a compensation could not delete; reconcile and operators see them here.
     leftovers: list[str] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
@@ -160,6 +207,31 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _number_from_request(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "number" not in data:
+            request = data.get("request")
+            if isinstance(request, StoredRequest):
+                data = {**data, "number": request.number}
+            elif isinstance(request, dict) and "number" in request:
+                data = {**data, "number": request["number"]}
+        return data
+
+    @model_validator(mode="after")
+    def _payload_matches_kind(self) -> Job:
+        if self.kind is JobKind.CREATE and self.request is None:
+            raise ValueError("a create job needs its request")
+        if self.kind is JobKind.UPDATE and self.change is None:
+            raise ValueError("an update job needs its change")
+        return self
+
+    @property
+    def create_request(self) -> StoredRequest:
+        if self.request is None:
+            raise ValueError(f"job {self.job_id} is a {self.kind.value} job, not a create")
+        return self.request
 
     def step(self, name: StepName) -> StepRecord:
         return self.steps[name]
@@ -194,9 +266,13 @@ class Job(BaseModel):
     def public_view(self) -> dict[str, Any]:
         """The job as shown to its organisation and to operators: no ciphertext, no hashes."""
         data = self.model_dump(mode="json", exclude={"request_fingerprint"})
-        request = data["request"]
-        request.pop("auth_password_ciphertext", None)
-        request["has_auth_password"] = True
+        for part in ("request", "change", "previous"):
+            if data.get(part) is not None:
+                ciphertext = data[part].pop("auth_password_ciphertext", None)
+                data[part]["has_auth_password"] = ciphertext is not None
+        if self.kind is JobKind.UPDATE and data.get("change") is not None:
+            data["change"]["has_auth_password"] = self.change is not None and (
+                "auth_password_ciphertext" in self.change.fields)
         return data
 
 
@@ -217,6 +293,8 @@ class PhoneNumberRecord(BaseModel):
     room_prefix: str
     allowed_addresses: tuple[str, ...] = ()
     metadata: dict[str, Any] | None = None
+    # The last update job applied to this record: a re-run of that job knows it is done.
+    updated_by_job: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -224,3 +302,6 @@ class PhoneNumberRecord(BaseModel):
         data = self.model_dump(mode="json", exclude={"auth_password_ciphertext"})
         data["has_auth_password"] = bool(self.auth_password_ciphertext)
         return data
+
+
+Job.model_rebuild()

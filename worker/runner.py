@@ -11,21 +11,29 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from worker.config import Settings
-from worker.records import Attempt, Job, JobError, JobState, Phase, utcnow
+from worker.records import Attempt, Job, JobError, JobKind, JobResult, JobState, Phase, utcnow
 from worker.retry import Classified, RetryPolicy, RunInterrupted, backoff, classify, decide
-from worker.saga import ProvisioningSaga, StepHooks
+from worker.saga import Checkpoint, ProvisioningSaga, StepHooks
 from worker.store import JobStore, LeaseLost
 
 log = logging.getLogger(__name__)
 
 # Compensation must finish eventually; give it more room than the forward path.
 COMPENSATION_ATTEMPT_FACTOR = 3
+
+
+class Saga(Protocol):
+    """One kind of job: a forward path and what undoes it."""
+
+    def forward(self, job: Job, token: str, checkpoint: Checkpoint) -> JobResult: ...
+    def backward(self, job: Job, token: str, checkpoint: Checkpoint) -> None: ...
+    def leftovers(self, job: Job) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,8 @@ class Outcome:
 def event_payload(job: Job) -> dict[str, Any]:
     """The `payload` of a job's terminal event (never a secret)."""
     payload: dict[str, Any] = {
-        "type": "created" if job.kind == "create" else job.kind,
-        "number": job.request.number,
+        "type": job.kind.event_type,
+        "number": job.number,
         "attempts": job.attempts,
         "run": job.run,
         "created_at": job.created_at.isoformat(),
@@ -76,9 +84,11 @@ class JobRunner:
         rand: Callable[[], float] = random.random,
         interruptions: tuple[type[BaseException], ...] = (),
         hooks: StepHooks | None = None,
+        lifecycle: Mapping[JobKind, Saga] | None = None,
     ) -> None:
         self.store = store
         self.saga = saga
+        self.sagas: dict[JobKind, Saga] = {JobKind.CREATE: saga, **(lifecycle or {})}
         self.settings = settings
         self.clock = clock
         self.rand = rand
@@ -98,7 +108,7 @@ class JobRunner:
             return Outcome.skipped("unknown job")
         if job.state.terminal:
             return Outcome.skipped(f"already {job.state.value}")
-        number = job.request.number
+        number = job.number
         token = f"{job_id}:{uuid.uuid4().hex}"
         if not self.store.acquire_number_lock(number, token, self.settings.lease_seconds):
             holder, remaining = self.store.number_lock_holder(number)
@@ -145,7 +155,7 @@ class JobRunner:
     def _provision(self, job: Job, token: str) -> Outcome | None:
         """Run the saga forward; None means: go on to compensation."""
         try:
-            result = self.saga.provision(job, token, self._checkpoint(token))
+            result = self.sagas[job.kind].forward(job, token, self._checkpoint(token))
         except LeaseLost:
             raise
         except self.interruptions as exc:
@@ -174,13 +184,19 @@ class JobRunner:
         return None
 
     def _compensate(self, job: Job, token: str) -> Outcome:
+        limit = self.policy.max_attempts * COMPENSATION_ATTEMPT_FACTOR
+        if job.compensation_attempts > limit:
+            # Deliveries keep dying inside compensation: stop, and say what may be left.
+            job.leftovers = self.sagas[job.kind].leftovers(job)
+            log.error("job %s compensation died %d times; leftovers %s", job.job_id,
+                      limit, job.leftovers)
+            return self._finish(job, token, JobState.FAILED)
         try:
-            self.saga.compensate(job, token, self._checkpoint(token))
+            self.sagas[job.kind].backward(job, token, self._checkpoint(token))
         except LeaseLost:
             raise
         except Exception as exc:
             info = classify(exc)
-            limit = self.policy.max_attempts * COMPENSATION_ATTEMPT_FACTOR
             if info.retryable and job.compensation_attempts < limit:
                 delay = backoff(job.compensation_attempts + 1, self.policy, self.rand)
                 log.warning("job %s compensation failed (%s); retry in %.1fs", job.job_id,
@@ -188,7 +204,7 @@ class JobRunner:
                 self._close_attempt(job, info)
                 return self._reschedule(job, token, delay, None)
             # Out of patience: record exactly what may be left so reconcile can remove it.
-            job.leftovers = self.saga.leftovers(job)
+            job.leftovers = self.sagas[job.kind].leftovers(job)
             log.error("job %s compensation gave up (%s); leftovers %s", job.job_id, info.code,
                       job.leftovers)
         return self._finish(job, token, JobState.FAILED)

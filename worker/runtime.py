@@ -15,8 +15,10 @@ import redis
 
 from worker.chaos import hooks_from_env
 from worker.config import Settings
+from worker.lifecycle import ReleaseSaga, UpdateSaga
 from worker.livekit import LiveKitSIP
-from worker.runner import JobRunner
+from worker.records import JobKind
+from worker.runner import JobRunner, Saga
 from worker.saga import ProvisioningSaga
 from worker.store import JobStore
 from worker.vault import Vault
@@ -48,7 +50,12 @@ class Runtime:
                              settings.livekit_api_secret, timeout=settings.livekit_timeout)
         saga = ProvisioningSaga(livekit, store, vault,
                                 hooks=hooks_from_env(os.environ if env is None else env))
-        runner = JobRunner(store, saga, settings, interruptions=interruptions)
+        lifecycle: dict[JobKind, Saga] = {
+            JobKind.UPDATE: UpdateSaga(livekit, store, vault),
+            JobKind.RELEASE: ReleaseSaga(livekit, store),
+        }
+        runner = JobRunner(store, saga, settings, interruptions=interruptions,
+                           lifecycle=lifecycle)
         return cls(settings, client, store, vault, livekit, saga, runner)
 
     def close(self) -> None:

@@ -22,8 +22,9 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from worker.contract import Transport
 from worker.livekit import (
     DispatchRule,
     DispatchRuleConflict,
@@ -63,12 +64,82 @@ _TRANSPORTS = {
 }
 
 
-def tag(job: Job, step: StepName) -> str:
+def make_tag(job_id: str, org_id: str, step: StepName, number: str) -> str:
     """The metadata every object we create carries, so a later run can find it."""
     return json.dumps(
-        {TAG_KEY: {"job_id": job.job_id, "org_id": job.org_id, "step": step.value,
-                   "number": job.request.number}},
+        {TAG_KEY: {"job_id": job_id, "org_id": org_id, "step": step.value, "number": number}},
         separators=(",", ":"),
+    )
+
+
+def tag(job: Job, step: StepName) -> str:
+    return make_tag(job.job_id, job.org_id, step, job.number)
+
+
+class TrunkConfig(Protocol):
+    """What a stored request and a phone-number record both say about a number's setup."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def number(self) -> str: ...
+    @property
+    def outbound_pstn(self) -> str: ...
+    @property
+    def transport(self) -> Transport: ...
+    @property
+    def auth_user_name(self) -> str: ...
+    @property
+    def auth_password_ciphertext(self) -> str: ...
+    @property
+    def agent_name(self) -> str | None: ...
+    @property
+    def allowed_addresses(self) -> tuple[str, ...]: ...
+    @property
+    def room_prefix(self) -> str: ...
+    @property
+    def metadata(self) -> dict[str, Any] | None: ...
+
+
+def inbound_trunk_for(config: TrunkConfig, metadata: str) -> InboundTrunk:
+    return InboundTrunk(
+        name=config.name,
+        metadata=metadata,
+        numbers=[config.number],
+        allowed_addresses=list(config.allowed_addresses),
+    )
+
+
+def outbound_trunk_for(config: TrunkConfig, metadata: str, password: str) -> OutboundTrunk:
+    return OutboundTrunk(
+        name=config.name,
+        metadata=metadata,
+        address=config.outbound_pstn,
+        transport=_TRANSPORTS[config.transport.value],
+        numbers=[config.number],
+        auth_username=config.auth_user_name,
+        auth_password=password,
+    )
+
+
+def dispatch_rule_for(config: TrunkConfig, metadata: str, *, inbound_trunk_id: str,
+                      org_id: str, phone_number_id: str) -> DispatchRule:
+    agents = []
+    if config.agent_name:
+        agents.append(RoomAgentDispatch(
+            agent_name=config.agent_name,
+            metadata=json.dumps({"org_id": org_id, "number": config.number,
+                                 "phone_number_id": phone_number_id,
+                                 "metadata": config.metadata}, separators=(",", ":")),
+        ))
+    return DispatchRule(
+        name=config.name,
+        metadata=metadata,
+        trunk_ids=[inbound_trunk_id],
+        rule=DispatchRuleSpec(
+            dispatch_rule_individual=DispatchRuleIndividual(room_prefix=config.room_prefix)
+        ),
+        room_config=RoomConfig(agents=agents) if agents else None,
     )
 
 
@@ -120,6 +191,9 @@ class ProvisioningSaga:
 
     # --- forward -----------------------------------------------------------------------
 
+    def forward(self, job: Job, token: str, checkpoint: Checkpoint) -> JobResult:
+        return self.provision(job, token, checkpoint)
+
     def provision(self, job: Job, token: str, checkpoint: Checkpoint) -> JobResult:
         self._check_ownership(job)
         self.hooks.reached("before_trunks", job)
@@ -138,7 +212,7 @@ class ProvisioningSaga:
         )
 
     def _check_ownership(self, job: Job) -> None:
-        existing = self.store.get_number(job.request.number)
+        existing = self.store.get_number(job.number)
         if existing is None or existing.job_id == job.job_id:
             return
         raise _taken(job, existing)
@@ -157,7 +231,7 @@ class ProvisioningSaga:
             _mark_started(step)
         checkpoint(job)
 
-        futures: dict[StepName, Future[str]] = {}
+        futures: dict[StepName, Future[tuple[str, bool]]] = {}
         if inbound.status is StepStatus.STARTED:
             futures[StepName.INBOUND_TRUNK] = self._pool.submit(self._create_inbound, job)
         if outbound.status is StepStatus.STARTED:
@@ -165,25 +239,20 @@ class ProvisioningSaga:
         first_error: BaseException | None = None
         for name, future in futures.items():
             try:
-                _mark_done(job.step(name), future.result())
+                _mark_done(job.step(name), *future.result())
             except BaseException as exc:
                 first_error = first_error or exc
         checkpoint(job)
         if first_error is not None:
             raise first_error
 
-    def _create_inbound(self, job: Job) -> str:
-        request = job.request
-        trunk = InboundTrunk(
-            name=request.name,
-            metadata=tag(job, StepName.INBOUND_TRUNK),
-            numbers=[request.number],
-            allowed_addresses=list(request.allowed_addresses),
-        )
+    def _create_inbound(self, job: Job) -> tuple[str, bool]:
+        """Create the inbound trunk; returns (id, adopted)."""
+        trunk = inbound_trunk_for(job.create_request, tag(job, StepName.INBOUND_TRUNK))
         try:
-            return self.livekit.create_inbound_trunk(trunk).sip_trunk_id
+            return self.livekit.create_inbound_trunk(trunk).sip_trunk_id, False
         except InboundNumberConflict as conflict:
-            return self._resolve_inbound_conflict(job, conflict)
+            return self._resolve_inbound_conflict(job, conflict), True
 
     def _resolve_inbound_conflict(self, job: Job, conflict: InboundNumberConflict) -> str:
         holder = conflict.conflicting_id
@@ -201,23 +270,16 @@ class ProvisioningSaga:
         )
         raise ProvisioningFailure(
             "number_conflict",
-            f"{job.request.number} is already routed by LiveKit inbound trunk {holder or '?'}, "
+            f"{job.number} is already routed by LiveKit inbound trunk {holder or '?'}, "
             f"created by {whose}; delete that trunk or release the number, then replay this job",
             field="number",
         )
 
-    def _create_outbound(self, job: Job) -> str:
-        request = job.request
-        trunk = OutboundTrunk(
-            name=request.name,
-            metadata=tag(job, StepName.OUTBOUND_TRUNK),
-            address=request.outbound_pstn,
-            transport=_TRANSPORTS[request.transport.value],
-            numbers=[request.number],
-            auth_username=request.auth_user_name,
-            auth_password=self.vault.decrypt(request.auth_password_ciphertext),
-        )
-        return self.livekit.create_outbound_trunk(trunk).sip_trunk_id
+    def _create_outbound(self, job: Job) -> tuple[str, bool]:
+        request = job.create_request
+        trunk = outbound_trunk_for(request, tag(job, StepName.OUTBOUND_TRUNK),
+                                   self.vault.decrypt(request.auth_password_ciphertext))
+        return self.livekit.create_outbound_trunk(trunk).sip_trunk_id, False
 
     def _dispatch_rule(self, job: Job, checkpoint: Checkpoint) -> None:
         step = job.step(StepName.DISPATCH_RULE)
@@ -227,40 +289,27 @@ class ProvisioningSaga:
             return
         _mark_started(step)
         checkpoint(job)
-        _mark_done(step, self._create_rule(job))
+        _mark_done(step, *self._create_rule(job))
         checkpoint(job)
 
     def _rule_definition(self, job: Job) -> DispatchRule:
-        request = job.request
-        inbound_id = _require_id(job, StepName.INBOUND_TRUNK)
-        agents = []
-        if request.agent_name:
-            agents.append(RoomAgentDispatch(
-                agent_name=request.agent_name,
-                metadata=json.dumps({"org_id": job.org_id, "number": request.number,
-                                     "phone_number_id": phone_number_id_for(job),
-                                     "metadata": request.metadata}, separators=(",", ":")),
-            ))
-        return DispatchRule(
-            name=request.name,
-            metadata=tag(job, StepName.DISPATCH_RULE),
-            trunk_ids=[inbound_id],
-            rule=DispatchRuleSpec(
-                dispatch_rule_individual=DispatchRuleIndividual(room_prefix=request.room_prefix)
-            ),
-            room_config=RoomConfig(agents=agents) if agents else None,
+        return dispatch_rule_for(
+            job.create_request, tag(job, StepName.DISPATCH_RULE),
+            inbound_trunk_id=_require_id(job, StepName.INBOUND_TRUNK), org_id=job.org_id,
+            phone_number_id=phone_number_id_for(job),
         )
 
-    def _create_rule(self, job: Job) -> str:
+    def _create_rule(self, job: Job) -> tuple[str, bool]:
+        """Create the dispatch rule; returns (id, adopted)."""
         try:
             created = self.livekit.create_dispatch_rule(self._rule_definition(job))
-            return created.sip_dispatch_rule_id
+            return created.sip_dispatch_rule_id, False
         except DispatchRuleConflict as conflict:
             holder = conflict.conflicting_id
             if holder:
                 for rule in self.livekit.list_dispatch_rules(rule_ids=[holder]):
                     if is_tagged_for(rule.metadata, job, StepName.DISPATCH_RULE):
-                        return rule.sip_dispatch_rule_id
+                        return rule.sip_dispatch_rule_id, True
             raise ProvisioningFailure(
                 "dispatch_rule_conflict",
                 f"LiveKit dispatch rule {holder or '?'} already routes calls of inbound trunk "
@@ -269,7 +318,7 @@ class ProvisioningSaga:
 
     def _record(self, job: Job, token: str, checkpoint: Checkpoint) -> PhoneNumberRecord:
         step = job.step(StepName.PHONE_NUMBER)
-        request = job.request
+        request = job.create_request
         record = PhoneNumberRecord(
             phone_number_id=phone_number_id_for(job),
             org_id=job.org_id,
@@ -302,11 +351,11 @@ class ProvisioningSaga:
     # --- adoption ----------------------------------------------------------------------
 
     def _find_inbound(self, job: Job) -> list[str]:
-        found = self.livekit.list_inbound_trunks(numbers=[job.request.number])
+        found = self.livekit.list_inbound_trunks(numbers=[job.number])
         return _ids_tagged(found, job, StepName.INBOUND_TRUNK)
 
     def _find_outbound(self, job: Job) -> list[str]:
-        found = self.livekit.list_outbound_trunks(numbers=[job.request.number])
+        found = self.livekit.list_outbound_trunks(numbers=[job.number])
         return _ids_tagged(found, job, StepName.OUTBOUND_TRUNK)
 
     def _find_rules(self, job: Job) -> list[str]:
@@ -331,11 +380,14 @@ class ProvisioningSaga:
 
     # --- backward ----------------------------------------------------------------------
 
+    def backward(self, job: Job, token: str, checkpoint: Checkpoint) -> None:
+        self.compensate(job, token, checkpoint)
+
     def compensate(self, job: Job, token: str, checkpoint: Checkpoint) -> None:
         """Delete what this job created, newest first. Idempotent; raises on transient errors."""
         record = job.step(StepName.PHONE_NUMBER)
         if record.status in (StepStatus.STARTED, StepStatus.DONE):
-            self.store.delete_number_if_owned(job.request.number, job.org_id, job.job_id, token)
+            self.store.delete_number_if_owned(job.number, job.org_id, job.job_id, token)
             _mark_compensated(record)
             checkpoint(job)
 
@@ -374,12 +426,12 @@ def _taken(job: Job, existing: PhoneNumberRecord) -> ProvisioningFailure:
     if existing.org_id != job.org_id:
         return ProvisioningFailure(
             "number_owned_by_other_org",
-            f"{job.request.number} is provisioned by another organisation",
+            f"{job.number} is provisioned by another organisation",
             field="number",
         )
     return ProvisioningFailure(
         "number_already_provisioned",
-        f"{job.request.number} is already provisioned for this organisation "
+        f"{job.number} is already provisioned for this organisation "
         f"({existing.phone_number_id}, job {existing.job_id}); release it first to set it up again",
         field="number",
     )
@@ -401,9 +453,10 @@ def _mark_started(step: StepRecord) -> None:
     step.started_at = utcnow()
 
 
-def _mark_done(step: StepRecord, resource_id: str) -> None:
+def _mark_done(step: StepRecord, resource_id: str, adopted: bool = False) -> None:
     step.status = StepStatus.DONE
     step.resource_id = resource_id
+    step.adopted = step.adopted or adopted
     step.finished_at = utcnow()
 
 

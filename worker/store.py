@@ -134,6 +134,15 @@ redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 return {1, ARGV[2]}
 """
 
+_REPLACE_NUMBER = """
+-- KEYS: lock, number record.  ARGV: token, record json, phone number id
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local existing = redis.call('GET', KEYS[2])
+if not existing or cjson.decode(existing)['phone_number_id'] ~= ARGV[3] then return 2 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
 _DELETE_NUMBER = """
 -- KEYS: lock, number record, org index.  ARGV: token, job id, number
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -177,6 +186,7 @@ class JobStore:
         self._save = redis.register_script(_SAVE_FENCED)
         self._put_number = redis.register_script(_PUT_NUMBER)
         self._delete_number = redis.register_script(_DELETE_NUMBER)
+        self._replace_number = redis.register_script(_REPLACE_NUMBER)
         self._finish = redis.register_script(_FINISH)
         self._release = redis.register_script(_RELEASE_LOCK)
 
@@ -226,12 +236,12 @@ class JobStore:
 
     def save(self, job: Job, token: str, *, deadline: float | None = None) -> None:
         ok = self._save(
-            keys=[self.keys.number_lock(job.request.number), self.keys.job(job.job_id),
+            keys=[self.keys.number_lock(job.number), self.keys.job(job.job_id),
                   self.keys.active],
             args=[token, job.model_dump_json(), job.job_id, "" if deadline is None else deadline],
         )
         if not ok:
-            raise LeaseLost(f"job {job.job_id} lost its lock on {job.request.number}")
+            raise LeaseLost(f"job {job.job_id} lost its lock on {job.number}")
 
     def finish(
         self, job: Job, token: str, *, payload: dict[str, Any], dead_letter: bool
@@ -242,7 +252,7 @@ class JobStore:
         raw = cast(
             list[Any],
             self._finish(
-                keys=[self.keys.number_lock(job.request.number), self.keys.job(job.job_id),
+                keys=[self.keys.number_lock(job.number), self.keys.job(job.job_id),
                       self.keys.active, self.keys.published(job.job_id, job.run),
                       self.keys.results, self.keys.dead_letters],
                 args=[token, job.model_dump_json(), job.job_id, job.org_id, job.state.value,
@@ -298,6 +308,17 @@ class JobStore:
         if status == 2:
             raise NumberTaken(stored)
         return stored
+
+    def replace_number(self, record: PhoneNumberRecord, token: str) -> None:
+        """Overwrite an existing record (an update); fenced by the number lock."""
+        status = self._replace_number(
+            keys=[self.keys.number_lock(record.number), self.keys.number(record.number)],
+            args=[token, record.model_dump_json(), record.phone_number_id],
+        )
+        if status == 0:
+            raise LeaseLost(f"lost the lock on {record.number} before updating its record")
+        if status == 2:
+            raise StoreError(f"the record of {record.number} changed while it was being updated")
 
     def delete_number_if_owned(self, number: str, org_id: str, job_id: str, token: str) -> None:
         ok = self._delete_number(

@@ -47,7 +47,7 @@ class Sweeper:
             if job is None or job.state.terminal:
                 self.store.forget_active(job_id)
                 continue
-            holder, remaining = self.store.number_lock_holder(job.request.number)
+            holder, remaining = self.store.number_lock_holder(job.number)
             if holder and holder.split(":")[0] == job_id:
                 # A run of this job is alive and holds its lease: look again when it ends.
                 self.store.set_deadline(job_id, now + remaining + 1)

@@ -1,0 +1,554 @@
+"""Unit tests for worker.runner.JobRunner: one delivery of a job, end to end, without Celery.
+
+No sockets: fakeredis for the job store and the fake LiveKit behind httpx.MockTransport.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import pytest
+
+from tests.worker.fake_livekit import NUMBER, ORG, PASSWORD, Fault, Harness
+from worker.records import Job, JobState, Phase, StepName, StepStatus
+from worker.runner import COMPENSATION_ATTEMPT_FACTOR, JobRunner, Outcome
+from worker.saga import StepHooks
+from worker.store import RESULTS_STREAM
+
+RESULT_KEYS = {"number", "inbound_trunk_id", "outbound_trunk_id", "dispatch_rule_id",
+               "phone_number_id"}
+ERROR_KEYS = {"error_code", "error_message", "retryable"}
+
+
+@pytest.fixture
+def h() -> Iterator[Harness]:
+    harness = Harness()
+    yield harness
+    harness.close()
+
+
+def events(h: Harness) -> list[dict[str, Any]]:
+    """Entries of the results stream, fields decoded and the payload parsed."""
+    decoded: list[dict[str, Any]] = []
+    raw = cast(list[tuple[bytes, dict[bytes, bytes]]], h.redis.xrange(RESULTS_STREAM))
+    for _, fields in raw:
+        entry = {k.decode(): v.decode() for k, v in fields.items()}
+        entry["payload"] = json.loads(entry["payload"])
+        decoded.append(entry)
+    return decoded
+
+
+def redis_text(h: Harness) -> bytes:
+    """Every key and value in the store's Redis, concatenated, for secret scans."""
+    chunks: list[bytes] = []
+    for key in cast(list[bytes], list(h.redis.scan_iter())):
+        chunks.append(key)
+        kind = h.redis.type(key)
+        if kind == b"string":
+            chunks.append(cast(bytes, h.redis.get(key)))
+        elif kind == b"zset":
+            chunks.extend(cast(list[bytes], h.redis.zrange(key, 0, -1)))
+        elif kind == b"stream":
+            for _, fields in cast(list[tuple[bytes, dict[bytes, bytes]]], h.redis.xrange(key)):
+                chunks.extend(b"%s=%s" % item for item in fields.items())
+        elif kind == b"hash":
+            hashed = cast(dict[bytes, bytes], h.redis.hgetall(key))
+            chunks.extend(b"%s=%s" % item for item in hashed.items())
+        elif kind == b"set":
+            chunks.extend(cast(set[bytes], h.redis.smembers(key)))
+        elif kind == b"list":
+            chunks.extend(cast(list[bytes], h.redis.lrange(key, 0, -1)))
+        else:
+            raise AssertionError(f"unexpected Redis type {kind!r} for {key!r}")
+    return b"\n".join(chunks)
+
+
+def update(h: Harness, job: Job, change: Callable[[Job], None]) -> Job:
+    """Change a stored job under its lock, as an earlier run would have."""
+    token = h.lock(job)
+    change(job)
+    h.store.save(job, token)
+    h.store.release_number_lock(job.number, token)
+    return h.reload(job)
+
+
+def in_active_index(h: Harness, job: Job) -> bool:
+    return job.job_id in h.store.due(float("inf"), 1000)
+
+
+class WorkerDied(BaseException):
+    """Stands for the worker process being killed mid-call: nothing in the run catches it."""
+
+
+def foreign_inbound(h: Harness) -> str:
+    return h.fake.seed_inbound(name="not ours", numbers=[NUMBER])
+
+
+# --------------------------------------------------------------------------- success
+
+
+def test_success_writes_succeeded_and_the_result(h: Harness) -> None:
+    """A clean run ends SUCCEEDED with the created ids as its result."""
+    job = h.submit()
+
+    outcome = h.runner().run(job.job_id)
+
+    assert outcome == Outcome("finished", detail="succeeded")
+    stored = h.reload(job)
+    assert stored.state is JobState.SUCCEEDED
+    assert stored.attempts == 1
+    assert stored.result is not None
+    assert stored.result.inbound_trunk_id in h.fake.inbound
+    assert stored.result.outbound_trunk_id in h.fake.outbound
+    assert stored.result.dispatch_rule_id in h.fake.rules
+    assert stored.finished_at is not None
+    assert stored.dead_lettered is False
+    assert h.store.dead_letter_ids() == []
+    assert not in_active_index(h, stored)
+    assert h.store.number_lock_holder(NUMBER)[0] is None
+    assert h.fake.list_calls() == 0
+
+
+def test_success_publishes_one_event_with_the_result(h: Harness) -> None:
+    """Success appends one `succeeded` entry with the documented payload keys."""
+    job = h.submit()
+
+    h.runner().run(job.job_id)
+
+    published = events(h)
+    assert len(published) == 1
+    event = published[0]
+    assert (event["job_id"], event["org_id"], event["status"]) == (job.job_id, ORG, "succeeded")
+    payload = event["payload"]
+    assert RESULT_KEYS | {"attempts", "created_at", "finished_at"} <= set(payload)
+    assert not ERROR_KEYS & set(payload)
+    stored = h.reload(job)
+    assert stored.result is not None
+    assert {k: payload[k] for k in RESULT_KEYS} == stored.result.model_dump()
+    assert payload["number"] == NUMBER
+    assert payload["attempts"] == 1
+    assert h.store.redis.exists(RESULTS_STREAM) == 1
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_password_is_nowhere_in_redis_or_logs(
+    h: Harness, caplog: pytest.LogCaptureFixture, fails: bool
+) -> None:
+    """After success or failure, the SIP password is in no Redis key, value or log line."""
+    if fails:
+        foreign_inbound(h)
+    job = h.submit()
+    caplog.set_level("DEBUG")
+
+    h.runner().run(job.job_id)
+
+    assert h.reload(job).state.terminal
+    text = redis_text(h)
+    assert job.job_id.encode() in text
+    assert PASSWORD.encode() not in text
+    assert PASSWORD not in caplog.text
+    if not fails:  # the canary did travel: LiveKit's outbound trunk holds it
+        assert [t["auth_password"] for t in h.fake.outbound.values()] == [PASSWORD]
+
+
+# --------------------------------------------------------------------------- retries
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        (Fault.unreachable(), "livekit_unavailable"),
+        (Fault.lost(), "livekit_timeout"),
+        (Fault.http(503), "livekit_server_error"),
+        (Fault.http(429), "livekit_rate_limited"),
+    ],
+)
+@pytest.mark.parametrize("jitter", [0.0, 0.5, 1.0])
+def test_retryable_error_reschedules_within_the_cap(
+    h: Harness, fault: Fault, code: str, jitter: float
+) -> None:
+    """A retryable LiveKit error requeues the job with a delay in [0, cap] and counts it."""
+    job = h.submit()
+    h.fake.inject("CreateSIPOutboundTrunk", fault)
+    runner = h.runner(rand=lambda: jitter)
+    before = time.time()
+
+    outcome = runner.run(job.job_id)
+
+    assert outcome.kind == "retry"
+    assert 0.0 <= outcome.delay <= runner.policy.cap
+    stored = h.reload(job)
+    assert stored.state is JobState.QUEUED
+    assert stored.attempts == 1
+    assert stored.error is not None
+    assert (stored.error.code, stored.error.retryable) == (code, True)
+    assert stored.next_attempt_at is not None
+    assert stored.next_attempt_at.timestamp() >= before + outcome.delay - 1
+    assert stored.finished_at is None
+    assert in_active_index(h, stored)
+    assert events(h) == []
+
+
+def test_interrupted_run_is_retried(h: Harness) -> None:
+    """A run stopped from outside (soft time limit) is rescheduled as run_interrupted."""
+
+    class SoftLimit(Exception):
+        pass
+
+    def stop(point: str, job: Job) -> None:
+        if point == "after_trunks":
+            raise SoftLimit
+
+    h.saga.hooks = StepHooks(reached=stop)
+    runner = JobRunner(h.store, h.saga, h.settings, rand=lambda: 0.5,
+                       interruptions=(SoftLimit,))
+    job = h.submit()
+
+    outcome = runner.run(job.job_id)
+
+    assert outcome.kind == "retry"
+    stored = h.reload(job)
+    assert stored.state is JobState.QUEUED
+    assert stored.error is not None
+    assert (stored.error.code, stored.error.retryable) == ("run_interrupted", True)
+
+
+def test_backoff_delay_never_exceeds_the_cap(h: Harness) -> None:
+    """Late attempts back off by at most the cap, even at full jitter."""
+    harness = Harness(max_attempts=20, backoff_cap=5.0)
+    try:
+        job = harness.submit()
+        job = update(harness, job, lambda j: setattr(j, "attempts", 12))
+        harness.fake.inject("CreateSIPOutboundTrunk", Fault.unreachable())
+        runner = harness.runner(rand=lambda: 1.0)
+
+        outcome = runner.run(job.job_id)
+
+        assert outcome.kind == "retry"
+        assert runner.policy.cap == 5.0
+        assert outcome.delay == pytest.approx(5.0)
+        assert harness.reload(job).attempts == 13
+    finally:
+        harness.close()
+
+
+def test_retry_then_success_leaves_one_set_of_objects(h: Harness) -> None:
+    """After retryable failures the job succeeds with exactly one object per step."""
+    job = h.submit()
+    h.fake.inject("CreateSIPInboundTrunk", Fault.lost())
+    h.fake.inject("CreateSIPDispatchRule", Fault.http(500))
+    runner = h.runner()
+
+    outcomes = [runner.run(job.job_id).kind for _ in range(3)]
+
+    assert outcomes == ["retry", "retry", "finished"]
+    stored = h.reload(job)
+    assert stored.state is JobState.SUCCEEDED
+    assert stored.attempts == 3
+    assert (len(h.fake.inbound), len(h.fake.outbound), len(h.fake.rules)) == (1, 1, 1)
+    assert stored.step(StepName.INBOUND_TRUNK).adopted is True
+    assert len(events(h)) == 1
+
+
+def test_attempt_limit_compensates_fails_and_dead_letters(h: Harness) -> None:
+    """Retryable errors up to the attempt limit end compensated, FAILED and dead-lettered."""
+    job = h.submit()
+    h.fake.inject("CreateSIPOutboundTrunk", *[Fault.unreachable()] * 3)
+    runner = h.runner()
+
+    outcomes = [runner.run(job.job_id).kind for _ in range(3)]
+
+    assert outcomes == ["retry", "retry", "finished"]
+    stored = h.reload(job)
+    assert stored.state is JobState.FAILED
+    assert stored.attempts == h.settings.max_attempts == 3
+    assert stored.error is not None
+    assert stored.error.code == "livekit_unavailable"
+    assert "gave up after 3 attempts" in stored.error.message
+    assert stored.dead_lettered is True
+    assert h.store.dead_letter_ids() == [job.job_id]
+    assert h.fake.calls["CreateSIPInboundTrunk"] == 1
+    assert (len(h.fake.inbound), len(h.fake.outbound), len(h.fake.rules)) == (0, 0, 0)
+    published = events(h)
+    assert [e["status"] for e in published] == ["failed"]
+    assert published[0]["payload"]["error_code"] == "livekit_unavailable"
+    assert published[0]["payload"]["retryable"] is True
+    assert not in_active_index(h, stored)
+
+
+def test_job_whose_workers_died_is_dead_lettered_without_livekit(h: Harness) -> None:
+    """A job whose attempts already reached the limit fails as worker_lost, calling nothing."""
+    job = h.submit()
+
+    def died_every_time(j: Job) -> None:
+        j.attempts = h.settings.max_attempts
+        j.state = JobState.RUNNING
+
+    job = update(h, job, died_every_time)
+
+    outcome = h.runner().run(job.job_id)
+
+    assert outcome == Outcome("finished", detail="failed")
+    assert sum(h.fake.calls.values()) == 0
+    stored = h.reload(job)
+    assert stored.state is JobState.FAILED
+    assert stored.error is not None
+    assert stored.error.code == "worker_lost"
+    assert h.store.dead_letter_ids() == [job.job_id]
+    published = events(h)
+    assert len(published) == 1
+    assert published[0]["status"] == "failed"
+    assert published[0]["payload"]["error_code"] == "worker_lost"
+    assert set(published[0]["payload"]) >= ERROR_KEYS
+
+
+def test_job_whose_workers_died_mid_saga_has_its_objects_removed(h: Harness) -> None:
+    """Dead-lettering a job whose runs died mid-saga deletes what those runs created."""
+    job = h.submit()
+    killing = True
+
+    def die_after_rule_create(method: str) -> None:
+        if killing and method == "CreateSIPDispatchRule":
+            raise WorkerDied
+
+    def die_looking_for_the_rule(method: str) -> None:
+        if killing and method == "ListSIPDispatchRule":
+            raise WorkerDied
+
+    # The first run dies once its rule exists; the next ones die looking for that rule.
+    h.fake.after_apply = die_after_rule_create
+    h.fake.before_apply = die_looking_for_the_rule
+    for _ in range(h.settings.max_attempts):
+        with pytest.raises(WorkerDied):
+            h.runner().run(job.job_id)
+    dead = h.reload(job)
+    assert dead.attempts == h.settings.max_attempts
+    assert dead.step(StepName.DISPATCH_RULE).status is StepStatus.STARTED
+    assert dead.step(StepName.DISPATCH_RULE).resource_id is None
+    assert len(h.fake.rules) == 1
+    killing = False
+
+    outcome = h.runner().run(job.job_id)
+
+    assert outcome == Outcome("finished", detail="failed")
+    assert (len(h.fake.inbound), len(h.fake.outbound), len(h.fake.rules)) == (0, 0, 0)
+    stored = h.reload(job)
+    assert stored.error is not None
+    assert stored.error.code == "worker_lost"
+    assert h.store.dead_letter_ids() == [job.job_id]
+    assert [e["status"] for e in events(h)] == ["failed"]
+
+
+def test_compensation_that_kills_its_worker_every_time_ends(h: Harness) -> None:
+    """A compensation whose worker dies on every delivery is dead-lettered, not run forever."""
+    foreign_inbound(h)
+    job = h.submit()
+
+    def die_on_delete(method: str) -> None:
+        if method == "DeleteSIPTrunk":
+            raise WorkerDied
+
+    h.fake.before_apply = die_on_delete
+    limit = h.settings.max_attempts * COMPENSATION_ATTEMPT_FACTOR
+    for _ in range(limit + 2):
+        try:
+            h.runner().run(job.job_id)
+        except WorkerDied:
+            continue
+        break
+
+    stored = h.reload(job)
+    assert stored.state is JobState.FAILED
+    assert h.store.dead_letter_ids() == [job.job_id]
+    assert any(item.startswith("outbound_trunk:") for item in stored.leftovers)
+    assert [e["status"] for e in events(h)] == ["failed"]
+
+
+# --------------------------------------------------------------------------- permanent errors
+
+
+def test_permanent_error_compensates_and_fails(h: Harness) -> None:
+    """A number held by a foreign trunk fails at once; what the job created is deleted."""
+    foreign = foreign_inbound(h)
+    job = h.submit()
+
+    outcome = h.runner().run(job.job_id)
+
+    assert outcome == Outcome("finished", detail="failed")
+    stored = h.reload(job)
+    assert stored.state is JobState.FAILED
+    assert stored.attempts == 1
+    assert stored.error is not None
+    assert (stored.error.code, stored.error.retryable, stored.error.field) == (
+        "number_conflict", False, "number")
+    assert h.fake.calls["CreateSIPOutboundTrunk"] == 1
+    assert h.fake.outbound == {}
+    assert list(h.fake.inbound) == [foreign]
+    assert h.store.dead_letter_ids() == [job.job_id]
+    published = events(h)
+    assert len(published) == 1
+    assert published[0]["status"] == "failed"
+    assert published[0]["payload"]["error_code"] == "number_conflict"
+    assert published[0]["payload"]["retryable"] is False
+
+
+# --------------------------------------------------------------------------- locking
+
+
+@pytest.mark.parametrize("holder", ["job_someoneelse:abc123", "{job_id}:duplicate-delivery"])
+def test_locked_number_retries_without_using_an_attempt(h: Harness, holder: str) -> None:
+    """A number locked by another run means retry later; no attempt, no LiveKit call."""
+    job = h.submit()
+    token = holder.format(job_id=job.job_id)
+    assert h.store.acquire_number_lock(NUMBER, token, 30)
+    runner = h.runner()
+
+    outcome = runner.run(job.job_id)
+
+    assert outcome.kind == "retry"
+    assert 0.0 < outcome.delay <= runner.policy.cap
+    stored = h.reload(job)
+    assert stored.attempts == 0
+    assert stored.state is JobState.QUEUED
+    assert sum(h.fake.calls.values()) == 0
+    assert h.store.number_lock_holder(NUMBER)[0] == token
+
+
+def test_run_that_loses_its_lock_stops_writing(h: Harness) -> None:
+    """A run whose lock was taken over mid-saga stops, writes nothing more, publishes nothing."""
+    job = h.submit()
+
+    def take_over(point: str, running: Job) -> None:
+        if point == "after_trunks":
+            h.redis.set(h.store.keys.number_lock(NUMBER), f"{running.job_id}:other-run")
+
+    h.saga.hooks = StepHooks(reached=take_over)
+
+    outcome = h.runner().run(job.job_id)
+
+    assert outcome.kind == "skipped"
+    assert h.fake.calls["CreateSIPDispatchRule"] == 0
+    stored = h.reload(job)
+    assert stored.state is JobState.RUNNING
+    assert stored.step(StepName.DISPATCH_RULE).resource_id is None
+    assert events(h) == []
+    assert h.store.number_lock_holder(NUMBER)[0] == f"{job.job_id}:other-run"
+
+
+# --------------------------------------------------------------------------- terminal jobs
+
+
+@pytest.mark.parametrize("state", [JobState.SUCCEEDED, JobState.FAILED])
+def test_terminal_job_is_skipped(h: Harness, state: JobState) -> None:
+    """A delivery of a finished job does nothing."""
+    job = h.submit(state=state)
+
+    outcome = h.runner().run(job.job_id)
+
+    assert outcome.kind == "skipped"
+    assert sum(h.fake.calls.values()) == 0
+    assert h.reload(job).attempts == 0
+    assert events(h) == []
+
+
+def test_unknown_job_is_skipped(h: Harness) -> None:
+    """A message for a job the store does not know is dropped."""
+    assert h.runner().run("job_doesnotexist").kind == "skipped"
+    assert sum(h.fake.calls.values()) == 0
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_running_again_after_finish_publishes_nothing(h: Harness, fails: bool) -> None:
+    """Delivering a job again after it finished neither runs it nor publishes again."""
+    if fails:
+        foreign_inbound(h)
+    job = h.submit()
+    runner = h.runner()
+    runner.run(job.job_id)
+    calls = sum(h.fake.calls.values())
+    finished = h.reload(job)
+
+    outcome = runner.run(job.job_id)
+
+    assert outcome.kind == "skipped"
+    assert len(events(h)) == 1
+    assert sum(h.fake.calls.values()) == calls
+    assert h.reload(job) == finished
+
+
+# --------------------------------------------------------------------------- compensation
+
+
+def test_failing_compensation_is_retried_until_it_succeeds(h: Harness) -> None:
+    """A compensation hitting a retryable error is rescheduled; the job finishes only after."""
+    foreign_inbound(h)
+    job = h.submit()
+    h.fake.inject("DeleteSIPTrunk", Fault.unreachable())
+    runner = h.runner()
+
+    first = runner.run(job.job_id)
+
+    assert first.kind == "retry"
+    assert 0.0 <= first.delay <= runner.policy.cap
+    pending = h.reload(job)
+    assert pending.state is JobState.QUEUED
+    assert pending.phase is Phase.COMPENSATE
+    assert pending.finished_at is None
+    assert pending.dead_lettered is False
+    assert h.store.dead_letter_ids() == []
+    assert in_active_index(h, pending)
+    assert len(h.fake.outbound) == 1
+    assert events(h) == []
+
+    second = runner.run(job.job_id)
+
+    assert second == Outcome("finished", detail="failed")
+    done = h.reload(job)
+    assert done.state is JobState.FAILED
+    assert done.attempts == 1
+    assert done.error is not None
+    assert done.error.code == "number_conflict"
+    assert h.fake.outbound == {}
+    assert h.store.dead_letter_ids() == [job.job_id]
+    assert [e["status"] for e in events(h)] == ["failed"]
+
+
+def test_delete_whose_response_was_lost_is_retried_harmlessly(h: Harness) -> None:
+    """A trunk delete executed with its response lost is retried; the job then finishes."""
+    foreign = foreign_inbound(h)
+    job = h.submit()
+    h.fake.inject("DeleteSIPTrunk", Fault.lost())
+    runner = h.runner()
+
+    assert runner.run(job.job_id).kind == "retry"
+    assert h.fake.outbound == {}
+
+    assert runner.run(job.job_id) == Outcome("finished", detail="failed")
+    assert h.fake.calls["DeleteSIPTrunk"] == 2
+    assert list(h.fake.inbound) == [foreign]
+    assert [e["status"] for e in events(h)] == ["failed"]
+
+
+def test_compensation_that_never_succeeds_records_leftovers(h: Harness) -> None:
+    """A compensation out of attempts finishes FAILED naming what may be left on LiveKit."""
+    foreign_inbound(h)
+    job = h.submit()
+    limit = h.settings.max_attempts * COMPENSATION_ATTEMPT_FACTOR
+    h.fake.inject("DeleteSIPTrunk", *[Fault.unreachable()] * (limit + 5))
+    runner = h.runner()
+
+    outcomes = [runner.run(job.job_id).kind for _ in range(limit + 1)]
+
+    assert outcomes[-1] == "finished"
+    assert outcomes.count("finished") == 1
+    stored = h.reload(job)
+    assert stored.state is JobState.FAILED
+    outbound_id = next(iter(h.fake.outbound))
+    assert f"outbound_trunk:{outbound_id}" in stored.leftovers
+    published = events(h)
+    assert len(published) == 1
+    assert f"outbound_trunk:{outbound_id}" in published[0]["payload"]["leftovers"]
+    assert h.store.dead_letter_ids() == [job.job_id]

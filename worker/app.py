@@ -10,10 +10,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.config import Settings
+from worker.observability import GaugeFromCallable, configure_logging, serve_metrics
 from worker.runtime import RuntimeHolder, redis_client
 from worker.store import JobStore
 from worker.sweeper import Sweeper, SweeperThread
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None, env: Mapping[str, str] | None =
         worker_send_task_events=False,
         enable_utc=True,
     )
+    # Our JSON logging instead of Celery's own (connected here, not at import time).
+    signals.setup_logging.connect(_setup_logging, weak=False, dispatch_uid="trunkline-logging")
     holder = RuntimeHolder(settings, interruptions=(SoftTimeLimitExceeded,))
     register_tasks(app, holder)
     app.steps["worker"].add(_sweeper_step(app, settings))
@@ -52,6 +55,10 @@ def create_app(settings: Settings | None = None, env: Mapping[str, str] | None =
 def enqueue(app: Celery, settings: Settings, job_id: str) -> None:
     """Send a job's message: the job id and nothing else."""
     app.send_task(PROVISION_TASK, args=[job_id], queue=settings.queue)
+
+
+def _setup_logging(**_: Any) -> None:
+    configure_logging()
 
 
 def _sweeper_step(app: Celery, settings: Settings) -> type[bootsteps.StartStopStep]:
@@ -66,9 +73,17 @@ def _sweeper_step(app: Celery, settings: Settings) -> type[bootsteps.StartStopSt
             settings.require_secret_keys()
             settings.require_livekit()
 
+            store = JobStore(redis_client(settings))
+
             def make() -> Sweeper:
-                store = JobStore(redis_client(settings))
                 return Sweeper(store, lambda job_id: enqueue(app, settings, job_id), settings)
+
+            if settings.metrics_port:
+                depth = GaugeFromCallable(
+                    "trunkline_dead_letter_depth", "Jobs in the dead-letter store",
+                    lambda: float(store.redis.zcard(store.keys.dead_letters)))
+                serve_metrics(settings.metrics_port, extra=[depth])
+                log.info("metrics on :%d/metrics", settings.metrics_port)
 
             self.thread = SweeperThread(make, settings.sweep_interval)
             self.thread.start()

@@ -76,6 +76,7 @@ class Settings:
     strict_numbers: bool = False
     results_maxlen: int = 100_000
     queue: str = "trunkline.provision"
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -97,6 +98,7 @@ class Settings:
             strict_numbers=_bool(env, "TRUNKLINE_STRICT_NUMBERS", False),
             results_maxlen=_int(env, "TRUNKLINE_RESULTS_MAXLEN", 100_000, minimum=100),
             queue=env.get("TRUNKLINE_QUEUE", "").strip() or "trunkline.provision",
+            metrics_port=_int(env, "TRUNKLINE_METRICS_PORT", 0, minimum=0) or None,
         )
 
     def require_livekit(self) -> None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from worker.config import Settings
+from worker.observability import JOBS, RETRIES, bound_job
 from worker.records import Attempt, Job, JobError, JobKind, JobResult, JobState, Phase, utcnow
 from worker.retry import Classified, RetryPolicy, RunInterrupted, backoff, classify, decide
 from worker.saga import Checkpoint, ProvisioningSaga, StepHooks
@@ -108,7 +109,11 @@ class JobRunner:
             return Outcome.skipped("unknown job")
         if job.state.terminal:
             return Outcome.skipped(f"already {job.state.value}")
-        number = job.number
+        with bound_job(job_id=job_id, org_id=job.org_id, kind=job.kind.value):
+            return self._run(job)
+
+    def _run(self, job: Job) -> Outcome:
+        job_id, number = job.job_id, job.number
         token = f"{job_id}:{uuid.uuid4().hex}"
         if not self.store.acquire_number_lock(number, token, self.settings.lease_seconds):
             holder, remaining = self.store.number_lock_holder(number)
@@ -215,6 +220,7 @@ class JobRunner:
         if info is not None:
             job.error = _job_error(info)
         job.next_attempt_at = _at(now + delay)
+        RETRIES.labels(job.kind.value, job.error.code if job.error else "retry").inc()
         # If the retry message is lost, the sweeper re-sends it one visibility timeout later.
         self._save(job, token, deadline=now + delay + self.settings.visibility_timeout)
         return Outcome.retry(delay, job.error.code if job.error else "retry")
@@ -232,6 +238,8 @@ class JobRunner:
         )
         log.info("job %s %s (event %s%s)", job.job_id, state.value, event_id,
                  "" if published else ", already published")
+        if published:
+            JOBS.labels(job.kind.value, state.value, job.error.code if job.error else "").inc()
         return Outcome("finished", detail=state.value)
 
     def _exhausted_error(self, job: Job) -> JobError:

@@ -17,6 +17,7 @@ steps whose outcome is unknown.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -39,6 +40,7 @@ from worker.livekit import (
     RoomConfig,
     SIPTransport,
 )
+from worker.observability import STEP_SECONDS
 from worker.records import (
     Job,
     JobResult,
@@ -233,9 +235,12 @@ class ProvisioningSaga:
 
         futures: dict[StepName, Future[tuple[str, bool]]] = {}
         if inbound.status is StepStatus.STARTED:
-            futures[StepName.INBOUND_TRUNK] = self._pool.submit(self._create_inbound, job)
+            # copy_context: the pool thread logs with this job's bound ids.
+            futures[StepName.INBOUND_TRUNK] = self._pool.submit(
+                contextvars.copy_context().run, self._create_inbound, job)
         if outbound.status is StepStatus.STARTED:
-            futures[StepName.OUTBOUND_TRUNK] = self._pool.submit(self._create_outbound, job)
+            futures[StepName.OUTBOUND_TRUNK] = self._pool.submit(
+                contextvars.copy_context().run, self._create_outbound, job)
         first_error: BaseException | None = None
         for name, future in futures.items():
             try:
@@ -250,7 +255,8 @@ class ProvisioningSaga:
         """Create the inbound trunk; returns (id, adopted)."""
         trunk = inbound_trunk_for(job.create_request, tag(job, StepName.INBOUND_TRUNK))
         try:
-            return self.livekit.create_inbound_trunk(trunk).sip_trunk_id, False
+            with STEP_SECONDS.labels(StepName.INBOUND_TRUNK.value).time():
+                return self.livekit.create_inbound_trunk(trunk).sip_trunk_id, False
         except InboundNumberConflict as conflict:
             return self._resolve_inbound_conflict(job, conflict), True
 
@@ -279,7 +285,8 @@ class ProvisioningSaga:
         request = job.create_request
         trunk = outbound_trunk_for(request, tag(job, StepName.OUTBOUND_TRUNK),
                                    self.vault.decrypt(request.auth_password_ciphertext))
-        return self.livekit.create_outbound_trunk(trunk).sip_trunk_id, False
+        with STEP_SECONDS.labels(StepName.OUTBOUND_TRUNK.value).time():
+            return self.livekit.create_outbound_trunk(trunk).sip_trunk_id, False
 
     def _dispatch_rule(self, job: Job, checkpoint: Checkpoint) -> None:
         step = job.step(StepName.DISPATCH_RULE)
@@ -302,7 +309,8 @@ class ProvisioningSaga:
     def _create_rule(self, job: Job) -> tuple[str, bool]:
         """Create the dispatch rule; returns (id, adopted)."""
         try:
-            created = self.livekit.create_dispatch_rule(self._rule_definition(job))
+            with STEP_SECONDS.labels(StepName.DISPATCH_RULE.value).time():
+                created = self.livekit.create_dispatch_rule(self._rule_definition(job))
             return created.sip_dispatch_rule_id, False
         except DispatchRuleConflict as conflict:
             holder = conflict.conflicting_id
@@ -341,7 +349,8 @@ class ProvisioningSaga:
             _mark_started(step)
             checkpoint(job)
         try:
-            stored = self.store.put_number(record, token)
+            with STEP_SECONDS.labels(StepName.PHONE_NUMBER.value).time():
+                stored = self.store.put_number(record, token)
         except NumberTaken as taken:
             raise _taken(job, taken.record) from None
         _mark_done(step, stored.phone_number_id)

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 
 from worker.config import Settings
+from worker.observability import REQUEUED
 from worker.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Sweeper:
             self.enqueue(job_id)
             resent.append(job_id)
         if resent:
+            REQUEUED.inc(len(resent))
             log.warning("sweeper re-enqueued %d overdue job(s): %s", len(resent),
                         ", ".join(resent[:10]))
         return resent

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -287,3 +288,11 @@ def stream_events(db: redis.Redis, stream: str, job_id: str) -> list[dict[str, s
 def trunkline_keys(db: redis.Redis) -> list[bytes]:
     client: Any = db
     return [k for k in client.scan_iter(match="trunkline:*", count=500)]
+
+
+@pytest.fixture
+def unused_tcp_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -51,6 +51,7 @@ from worker.livekit.errors import (
     error_from_transport,
 )
 from worker.livekit.models import DispatchRule, InboundTrunk, OutboundTrunk
+from worker.observability import LIVEKIT_ERRORS
 
 __all__ = ["LiveKitSIP"]
 
@@ -304,6 +305,7 @@ class LiveKitSIP:
 
     @staticmethod
     def _log_failure(method: str, error: LiveKitError, started: float) -> None:
+        LIVEKIT_ERRORS.labels(method, error.code).inc()
         logger.info(
             "livekit call failed",
             extra={

@@ -1,0 +1,52 @@
+"""Structured logs and Prometheus metrics from a real worker."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from producers import ProvisioningClient
+from tests.integration.conftest import SEED_REQUEST, WorkerFactory
+from worker.livekit import InboundTrunk, LiveKitSIP
+from worker.records import JobState
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean")]
+
+
+def test_worker_logs_json_with_job_ids_and_serves_metrics(
+    worker_factory: WorkerFactory, client: ProvisioningClient, livekit: LiveKitSIP,
+    tmp_path: Path, unused_tcp_port: int,
+) -> None:
+    """Every log line is JSON; job lines carry job_id/org_id; /metrics counts outcomes."""
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    worker = worker_factory(TRUNKLINE_METRICS_PORT=str(unused_tcp_port),
+                            PROMETHEUS_MULTIPROC_DIR=str(multiproc))
+    ok = client.wait(client.submit(org_id="org_m", request=SEED_REQUEST), 60)
+    livekit.create_inbound_trunk(InboundTrunk(name="foreign", numbers=["+15557654321"]))
+    bad = client.wait(client.submit(org_id="org_m", request={
+        **SEED_REQUEST, "number": "+15557654321"}), 60)
+    assert (ok.state, bad.state) == (JobState.SUCCEEDED, JobState.FAILED)
+
+    lines = worker.read_log().splitlines()
+    # Celery's startup banner is printed, not logged; every logged line is JSON.
+    assert not [line for line in lines if re.match(r"\[\d{4}-\d\d-\d\d", line)]
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(records) > 10
+    mine = [r for r in records if r.get("job_id") == ok.job_id]
+    assert mine, "no log line carries the job id"
+    assert all(r["org_id"] == "org_m" for r in mine)
+    assert any("livekit call failed" in r["event"] and r.get("job_id") == bad.job_id
+               for r in records)
+
+    metrics = httpx.get(f"http://127.0.0.1:{unused_tcp_port}/metrics", timeout=5).text
+    assert 'trunkline_jobs_total{code="",kind="create",outcome="succeeded"} 1.0' in metrics
+    assert ('trunkline_jobs_total{code="number_conflict",kind="create",outcome="failed"} 1.0'
+            in metrics)
+    assert "trunkline_dead_letter_depth 1.0" in metrics
+    assert 'trunkline_livekit_errors_total{code="number_conflict"' in metrics
+    assert 'trunkline_step_duration_seconds_count{step="inbound_trunk"}' in metrics

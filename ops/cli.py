@@ -5,25 +5,38 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ops.commands import dlq as ops_dlq
+from ops.commands import jobs as ops_jobs
+from ops.commands import numbers as ops_numbers
+from ops.commands import reconcile as ops_reconcile
+from ops.commands import results as ops_results
+from ops.commands import submit as ops_submit
 from worker.config import ConfigError, Settings
-from worker.contract import InvalidRequest
-from worker.store import IdempotencyConflict
 from worker.vault import Vault
+
+if TYPE_CHECKING:
+    from producers.keys import ApiKeys
 
 app = typer.Typer(help="Trunkline: queued, idempotent SIP trunk provisioning for LiveKit.",
                   no_args_is_help=True)
 dev = typer.Typer(help="The local stack (redis-server + livekit-server), via ops/stack.sh.",
                   no_args_is_help=True)
-jobs = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
 app.add_typer(dev, name="dev")
-app.add_typer(jobs, name="jobs")
+# What the people on call use (ops/commands/): dead letters, jobs, numbers, results,
+# reconciliation against LiveKit, and bulk submission.
+app.add_typer(ops_dlq.app, name="dlq")
+app.add_typer(ops_jobs.app, name="jobs")
+app.add_typer(ops_numbers.app, name="numbers")
+app.add_typer(ops_results.app, name="results")
+app.command("reconcile")(ops_reconcile.reconcile_command)
+app.command("submit")(ops_submit.submit_command)
 
 console = Console()
 errors = Console(stderr=True)
@@ -63,72 +76,98 @@ def dev_status(
     raise typer.Exit(subprocess.call(args))  # noqa: S603
 
 
-@app.command()
-def submit(
-    org: str = typer.Option(..., "--org", help="Organisation that owns the number."),
-    request_file: Path = typer.Argument(..., help="JSON file with the request ('-' for stdin)."),
-    idempotency_key: str | None = typer.Option(None, "--idempotency-key"),
-    wait: float = typer.Option(0.0, "--wait", help="Seconds to wait for the result (0: don't)."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-) -> None:
-    """Submit one trunk-setup request and print its job id (and result with --wait)."""
-    from producers import ProvisioningClient, WaitTimeout
+# --- HTTP producer and its API keys ---------------------------------------------------
 
-    text = sys.stdin.read() if str(request_file) == "-" else request_file.read_text()
+keys = typer.Typer(help="API keys of the HTTP producer (the secret is shown once).",
+                   no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@app.command("api")
+def api_serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="TCP port to listen on."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve the HTTP API (createSipTrunkDispatch, jobs, CRM webhooks) with uvicorn."""
+    import uvicorn
+
+    from producers.api import ApiSettings, create_api
+
     try:
-        body = json.loads(text)
-    except ValueError as exc:
-        _fail(f"{request_file} is not valid JSON: {exc}")
-    try:
-        client = ProvisioningClient.from_env()
-        job_id = client.submit(org_id=org, request=body, idempotency_key=idempotency_key,
-                               source="cli")
-    except InvalidRequest as exc:
-        if as_json:
-            typer.echo(json.dumps({"errors": [e.model_dump() for e in exc.errors]}))
-        else:
-            for error in exc.errors:
-                errors.print(f"[red]{error.field}[/red]: {error.message}")
-        raise typer.Exit(2) from None
-    except (ConfigError, IdempotencyConflict) as exc:
+        settings = Settings.from_env()
+        settings.require_secret_keys()
+        application = create_api(settings, ApiSettings.from_env())
+    except ConfigError as exc:
         _fail(str(exc))
-    view: dict[str, object] = {"job_id": job_id}
-    if wait > 0:
-        try:
-            view = client.wait(job_id, wait).public_view()
-        except WaitTimeout as exc:
-            view = exc.job.public_view()
-    typer.echo(json.dumps(view, indent=None if as_json else 2))
+        return
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=True,
+                server_header=False, proxy_headers=False)
 
 
-@jobs.command("show")
-def jobs_show(
-    job_id: str,
+def _api_keys() -> ApiKeys:
+    from producers.keys import ApiKeys
+    from worker.runtime import redis_client
+
+    return ApiKeys(redis_client(Settings.from_env()))
+
+
+@keys.command("create")
+def keys_create(
+    org: str = typer.Option(..., "--org", help="Organisation the key acts for."),
+    name: str = typer.Option("", "--name", help="A note on what uses the key."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Show one job: state, attempts, steps, result or error (never a secret)."""
-    from worker.runtime import redis_client
-    from worker.store import JobStore
-
-    settings = Settings.from_env()
-    job = JobStore(redis_client(settings)).get(job_id)
-    if job is None:
-        _fail(f"no job {job_id}")
+    """Create an API key; prints its id and secret (the secret is never shown again)."""
+    try:
+        created = _api_keys().create(org, name=name)
+    except ValueError as exc:
+        _fail(str(exc))
         return
     if as_json:
-        typer.echo(json.dumps(job.public_view()))
+        typer.echo(json.dumps(created.as_json()))
         return
-    table = Table(title=f"{job.job_id} ({job.org_id})")
-    table.add_column("step")
-    table.add_column("status")
-    table.add_column("id")
-    for name, step in job.steps.items():
-        table.add_row(name.value, step.status.value, step.resource_id or "")
-    console.print(f"state: [bold]{job.state.value}[/bold]  attempts: {job.attempts}  "
-                  f"number: {job.request.number}")
+    console.print(f"api key:    {created.api_key}\napi secret: {created.api_secret}\n"
+                  f"org:        {created.org_id}\n"
+                  "[yellow]Store the secret now: only its hash is kept.[/yellow]")
+
+
+@keys.command("list")
+def keys_list(
+    org: str | None = typer.Option(None, "--org", help="Only this organisation's keys."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List API keys (never their secrets)."""
+    records = [record.public_view() for record in _api_keys().list(org)]
+    if as_json:
+        typer.echo(json.dumps(records))
+        return
+    table = Table(title="API keys")
+    for column in ("api_key", "org_id", "name", "created_at", "revoked"):
+        table.add_column(column)
+    for view in records:
+        table.add_row(*(str(view[c]) for c in ("api_key", "org_id", "name", "created_at",
+                                                "revoked")))
     console.print(table)
-    if job.error:
-        console.print(f"[red]{job.error.code}[/red]: {job.error.message}")
+
+
+@keys.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="The key id (sk_...)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Revoke an API key: it never authenticates again."""
+    from producers.keys import UnknownKey
+
+    try:
+        record = _api_keys().revoke(key_id)
+    except UnknownKey as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps(record.public_view()))
+        return
+    console.print(f"revoked {record.key_id} ({record.org_id})")
 
 
 def main() -> None:

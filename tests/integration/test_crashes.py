@@ -58,7 +58,7 @@ def assert_one_set_each(jobs: list[Job], livekit: LiveKitSIP, db: redis.Redis) -
     }
     store = JobStore(db)
     for job in jobs:
-        record = store.get_number(job.request.number)
+        record = store.get_number(job.number)
         assert record is not None
         assert record.job_id == job.job_id
         events = stream_events(db, RESULTS_STREAM, job.job_id)

@@ -1,0 +1,70 @@
+"""Settings of the HTTP producer, read from the environment once and passed explicitly.
+
+| variable                      | default   | meaning                                        |
+|-------------------------------|-----------|------------------------------------------------|
+| TRUNKLINE_API_WAIT_SECONDS    | 30        | how long a create waits for its job (0: never) |
+| TRUNKLINE_API_MAX_BODY        | 1048576   | largest request body in bytes (413 above)      |
+| TRUNKLINE_API_RATE_LIMIT      | 60        | requests per organisation per minute (0: off)  |
+| TRUNKLINE_WEBHOOK_SOURCES     | {}        | CRM webhook sources (see producers.webhooks)   |
+| TRUNKLINE_WEBHOOK_TOLERANCE   | 300       | webhook timestamp tolerance in seconds         |
+| TRUNKLINE_API_READY_TIMEOUT   | 2         | seconds /readyz gives Redis and LiveKit each   |
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from producers.webhooks import DEFAULT_TOLERANCE_SECONDS, WebhookSource, parse_sources
+from worker.config import ConfigError
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    value = _number(env, name, default, low, high)
+    if value != int(value):
+        raise ConfigError(f"{name} must be a whole number, got {env.get(name)!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    wait_seconds: float = 30.0
+    max_body: int = DEFAULT_MAX_BODY
+    rate_limit: int = 60
+    webhook_sources: Mapping[str, WebhookSource] = field(default_factory=dict)
+    webhook_tolerance: int = DEFAULT_TOLERANCE_SECONDS
+    ready_timeout: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
+        env = os.environ if env is None else env
+        try:
+            sources = parse_sources(env.get("TRUNKLINE_WEBHOOK_SOURCES", ""))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return cls(
+            wait_seconds=_number(env, "TRUNKLINE_API_WAIT_SECONDS", 30.0, 0.0, 600.0),
+            max_body=_integer(env, "TRUNKLINE_API_MAX_BODY", DEFAULT_MAX_BODY, 1024, 64 << 20),
+            rate_limit=_integer(env, "TRUNKLINE_API_RATE_LIMIT", 60, 0, 10**9),
+            webhook_sources=sources,
+            webhook_tolerance=_integer(env, "TRUNKLINE_WEBHOOK_TOLERANCE",
+                                       DEFAULT_TOLERANCE_SECONDS, 1, 3600),
+            ready_timeout=_number(env, "TRUNKLINE_API_READY_TIMEOUT", 2.0, 0.1, 30.0),
+        )

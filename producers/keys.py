@@ -1,0 +1,196 @@
+"""API keys for the HTTP producer: an `sk_` key id and a random secret, shown once.
+
+Only a salted PBKDF2-SHA256 hash of the secret is stored, under `trunkline:api:key:<id>`.
+The secret is 256 random bits, so no search over it is feasible whatever the hash costs; the
+iteration count only has to make the stored hash useless on its own, and stays small enough
+to verify on every request. Comparison is constant-time, and an unknown key id costs the same
+work as a known one. Revoking a key marks its record; a revoked key never authenticates again.
+
+    keys = ApiKeys(redis)
+    created = keys.create("org_1", name="billing service")   # created.api_secret: show once
+    org_id = keys.authenticate(key_id, secret)               # None when wrong or revoked
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import cast
+
+from pydantic import BaseModel
+from redis import Redis
+from redis.exceptions import WatchError
+
+KEY_PREFIX = "sk_"
+SECRET_PREFIX = "s3cr3t_"  # noqa: S105 - a prefix, not a secret (the seed's format)
+HASH_SCHEME = "pbkdf2_sha256"
+DEFAULT_ITERATIONS = 10_000
+_KEY_ID = re.compile(r"^sk_[A-Za-z0-9]{24,64}$")
+_ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class UnknownKey(LookupError):
+    """No such API key."""
+
+
+def valid_org_id(org_id: str) -> bool:
+    return bool(_ORG_ID.match(org_id))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def hash_secret(secret: str, *, salt: bytes | None = None,
+                iterations: int = DEFAULT_ITERATIONS) -> str:
+    """`pbkdf2_sha256$<iterations>$<salt>$<hash>` for a secret; the scheme travels with it."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
+    return f"{HASH_SCHEME}${iterations}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_secret(secret: str, encoded: str) -> bool:
+    """Constant-time check of a secret against `hash_secret` output."""
+    try:
+        scheme, raw_iterations, raw_salt, raw_digest = encoded.split("$")
+        iterations = int(raw_iterations)
+        salt, expected = _unb64(raw_salt), _unb64(raw_digest)
+    except ValueError:
+        return False
+    if scheme != HASH_SCHEME or not 1 <= iterations <= 10_000_000:
+        return False
+    actual = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
+    return hmac.compare_digest(actual, expected)
+
+
+# Verified against when the key id is unknown, so that costs what a known id costs.
+_DUMMY_HASH = hash_secret("trunkline-dummy-secret", salt=b"\0" * 16)
+
+
+class ApiKeyRecord(BaseModel):
+    key_id: str
+    org_id: str
+    name: str = ""
+    secret_hash: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+    last_four: str = ""
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def public_view(self) -> dict[str, object]:
+        """Everything but the hash."""
+        return {
+            "api_key": self.key_id,
+            "org_id": self.org_id,
+            "name": self.name,
+            "secret_hint": f"{SECRET_PREFIX}…{self.last_four}",
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "revoked": self.revoked,
+        }
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    """A new key: the only time the secret exists outside its holder."""
+
+    api_key: str
+    api_secret: str
+    org_id: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"api_key": self.api_key, "api_secret": self.api_secret, "org_id": self.org_id}
+
+
+class ApiKeys:
+    def __init__(self, redis: Redis, *, prefix: str = "trunkline:api",
+                 iterations: int = DEFAULT_ITERATIONS) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.iterations = iterations
+
+    def _key(self, key_id: str) -> str:
+        return f"{self.prefix}:key:{key_id}"
+
+    @property
+    def _all(self) -> str:
+        return f"{self.prefix}:keys"
+
+    def _by_org(self, org_id: str) -> str:
+        return f"{self.prefix}:keys:org:{org_id}"
+
+    def create(self, org_id: str, *, name: str = "") -> CreatedKey:
+        if not valid_org_id(org_id):
+            raise ValueError("org id must be 1-128 letters, digits, '.', '_', ':' or '-', "
+                             "starting with a letter or digit")
+        if len(name) > 200:
+            raise ValueError("key name must be at most 200 characters")
+        key_id = KEY_PREFIX + secrets.token_hex(16)
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        record = ApiKeyRecord(key_id=key_id, org_id=org_id, name=name,
+                              secret_hash=hash_secret(secret, iterations=self.iterations),
+                              created_at=now, last_four=secret[-4:])
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self._key(key_id), record.model_dump_json(), nx=True)
+        pipe.zadd(self._all, {key_id: now.timestamp()})
+        pipe.zadd(self._by_org(org_id), {key_id: now.timestamp()})
+        pipe.execute()
+        return CreatedKey(api_key=key_id, api_secret=secret, org_id=org_id)
+
+    def get(self, key_id: str) -> ApiKeyRecord | None:
+        if not _KEY_ID.match(key_id):
+            return None
+        raw = self.redis.get(self._key(key_id))
+        return None if raw is None else ApiKeyRecord.model_validate_json(cast(bytes, raw))
+
+    def authenticate(self, key_id: str, secret: str) -> str | None:
+        """The key's organisation when the secret matches and the key is live, else None."""
+        record = self.get(key_id) if len(key_id) <= 80 else None
+        if len(secret) > 200:
+            secret = secret[:200]  # bounded work; a 200-char prefix never matches anyway
+        ok = verify_secret(secret, record.secret_hash if record else _DUMMY_HASH)
+        if record is None or not ok or record.revoked:
+            return None
+        return record.org_id
+
+    def revoke(self, key_id: str) -> ApiKeyRecord:
+        """Mark a key revoked (idempotent); raises UnknownKey for an unknown key."""
+        key = self._key(key_id)
+        for _ in range(10):
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py stub gap
+                    record = self.get(key_id)
+                    if record is None:
+                        raise UnknownKey(f"no API key {key_id}")
+                    if record.revoked:
+                        return record
+                    record = record.model_copy(update={"revoked_at": datetime.now(UTC)})
+                    pipe.multi()
+                    pipe.set(key, record.model_dump_json())
+                    pipe.execute()
+                    return record
+                except WatchError:
+                    continue
+        raise RuntimeError(f"could not revoke {key_id}: too much contention")
+
+    def list(self, org_id: str | None = None) -> Iterator[ApiKeyRecord]:
+        index = self._by_org(org_id) if org_id else self._all
+        for member, _score in self.redis.zscan_iter(index):
+            record = self.get(member.decode() if isinstance(member, bytes) else str(member))
+            if record is not None:
+                yield record

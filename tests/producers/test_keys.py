@@ -1,0 +1,91 @@
+"""Unit tests for producers.keys: API keys with a secret shown once and only a hash stored."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from producers.keys import (
+    ApiKeys,
+    UnknownKey,
+    hash_secret,
+    valid_org_id,
+    verify_secret,
+)
+from tests.producers.conftest import redis_bytes
+
+
+@pytest.fixture
+def keys() -> ApiKeys:
+    return ApiKeys(fakeredis.FakeRedis(), iterations=1000)
+
+
+def test_created_key_has_the_documented_formats(keys: ApiKeys) -> None:
+    """Key ids start with sk_, secrets with s3cr3t_; the JSON form names all three."""
+    created = keys.create("org_1")
+    assert created.api_key.startswith("sk_")
+    assert created.api_secret.startswith("s3cr3t_")
+    assert len(created.api_secret) > 40
+    assert created.as_json() == {"api_key": created.api_key, "api_secret": created.api_secret,
+                                 "org_id": "org_1"}
+
+
+def test_only_a_hash_is_stored(keys: ApiKeys) -> None:
+    """The secret appears nowhere in Redis; the record holds a salted PBKDF2 hash."""
+    created = keys.create("org_1")
+    assert created.api_secret.encode() not in redis_bytes(keys.redis)
+    record = keys.get(created.api_key)
+    assert record is not None
+    assert record.secret_hash.startswith("pbkdf2_sha256$1000$")
+    assert "secret_hash" not in record.public_view()
+
+
+def test_authenticate(keys: ApiKeys) -> None:
+    """The right secret gives the org; a wrong one, an unknown id or a revoked key gives None."""
+    created = keys.create("org_1")
+    assert keys.authenticate(created.api_key, created.api_secret) == "org_1"
+    assert keys.authenticate(created.api_key, created.api_secret[:-1]) is None
+    assert keys.authenticate("sk_" + "f" * 32, created.api_secret) is None
+    assert keys.authenticate("garbage" * 50, "x" * 1000) is None
+    keys.revoke(created.api_key)
+    assert keys.authenticate(created.api_key, created.api_secret) is None
+
+
+def test_revoke_is_idempotent_and_unknown_keys_raise(keys: ApiKeys) -> None:
+    """Revoking twice keeps the first revocation time; an unknown id raises UnknownKey."""
+    created = keys.create("org_1")
+    first = keys.revoke(created.api_key)
+    assert first.revoked
+    assert keys.revoke(created.api_key).revoked_at == first.revoked_at
+    with pytest.raises(UnknownKey):
+        keys.revoke("sk_" + "0" * 32)
+
+
+def test_list_by_org_and_all(keys: ApiKeys) -> None:
+    """list() shows every key, list(org) only that organisation's."""
+    a1, a2, b1 = keys.create("org_a"), keys.create("org_a"), keys.create("org_b")
+    assert {r.key_id for r in keys.list("org_a")} == {a1.api_key, a2.api_key}
+    assert {r.key_id for r in keys.list()} == {a1.api_key, a2.api_key, b1.api_key}
+
+
+@pytest.mark.parametrize("org", ["", " x", "a" * 129, "org/1", "org 1"])
+def test_bad_org_ids_are_refused(keys: ApiKeys, org: str) -> None:
+    """Organisation ids are short, printable identifiers."""
+    assert not valid_org_id(org)
+    with pytest.raises(ValueError, match="org id"):
+        keys.create(org)
+
+
+@pytest.mark.parametrize("encoded", ["", "pbkdf2_sha256$x$y$z", "md5$1$AA$AA",
+                                     "pbkdf2_sha256$0$AA$AA", "a$b"])
+def test_malformed_hashes_never_verify(encoded: str) -> None:
+    """A malformed or foreign hash string verifies nothing."""
+    assert not verify_secret("anything", encoded)
+
+
+def test_hash_round_trip_and_salt() -> None:
+    """The same secret hashes differently each time and verifies against each."""
+    one, two = hash_secret("s", iterations=100), hash_secret("s", iterations=100)
+    assert one != two
+    assert verify_secret("s", one) and verify_secret("s", two)
+    assert not verify_secret("t", one)

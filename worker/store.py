@@ -77,6 +77,9 @@ class Keys:
     def numbers_by_org(self, org_id: str) -> str:
         return f"{self.prefix}:numbers:org:{org_id}"
 
+    def in_flight(self, number: str) -> str:
+        return f"{self.prefix}:inflight:{number}"
+
     @property
     def dead_letters(self) -> str:
         return f"{self.prefix}:dlq"
@@ -91,7 +94,7 @@ class Keys:
 
 
 _CREATE_JOB = """
--- KEYS: idempotency key ('' for none), job, active index, org index
+-- KEYS: idempotency key ('' for none), job, active index, org index, number's in-flight set
 -- ARGV: job id, job json, fingerprint, deadline, created score, idempotency ttl
 if KEYS[1] ~= '' then
   local existing = redis.call('GET', KEYS[1])
@@ -109,6 +112,7 @@ if KEYS[1] ~= '' then
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 return {ARGV[1], ARGV[3], 1}
 """
 
@@ -157,7 +161,7 @@ return 1
 # "Already published?" and XADD are one atomic step, together with the terminal job write:
 # a retried finish can neither publish twice nor leave a terminal job without its event.
 _FINISH = """
--- KEYS: lock, job, active index, published marker, results stream, dead letters
+-- KEYS: lock, job, active index, published marker, results stream, dead letters, in-flight
 -- ARGV: token, job json, job id, org id, status, payload, maxlen, dead-letter flag, now
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, ''} end
 local already = redis.call('GET', KEYS[4])
@@ -167,6 +171,7 @@ local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*',
 redis.call('SET', KEYS[4], id)
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('ZREM', KEYS[7], ARGV[3])
 if ARGV[8] == '1' then redis.call('ZADD', KEYS[6], ARGV[9], ARGV[3]) end
 return {1, id}
 """
@@ -209,7 +214,7 @@ class JobStore:
             list[Any],
             self._create_job(
                 keys=[idem, self.keys.job(job.job_id), self.keys.active,
-                      self.keys.jobs_by_org(job.org_id)],
+                      self.keys.jobs_by_org(job.org_id), self.keys.in_flight(job.number)],
                 args=[job.job_id, job.model_dump_json(), job.request_fingerprint, deadline,
                       job.created_at.timestamp(), IDEMPOTENCY_TTL_SECONDS],
             ),
@@ -218,6 +223,19 @@ class JobStore:
         if not created and fingerprint != job.request_fingerprint:
             raise IdempotencyConflict(job_id)
         return job_id, bool(created)
+
+    def find_idempotent(self, org_id: str, idempotency_key: str) -> tuple[str, str] | None:
+        """(job id, request fingerprint) an organisation's idempotency key names, if any."""
+        raw = self.redis.get(self.keys.idempotency(org_id, idempotency_key))
+        if raw is None:
+            return None
+        seen = json.loads(cast(bytes, raw))
+        return str(seen["job_id"]), str(seen["fingerprint"])
+
+    def jobs_in_flight(self, number: str) -> list[str]:
+        """Jobs for a number that are stored and not yet finished, oldest first."""
+        ids = self.redis.zrange(self.keys.in_flight(number), 0, -1)
+        return [_text(i) for i in cast(list[bytes], ids)]
 
     def get(self, job_id: str) -> Job | None:
         raw = self.redis.get(self.keys.job(job_id))
@@ -254,7 +272,8 @@ class JobStore:
             self._finish(
                 keys=[self.keys.number_lock(job.number), self.keys.job(job.job_id),
                       self.keys.active, self.keys.published(job.job_id, job.run),
-                      self.keys.results, self.keys.dead_letters],
+                      self.keys.results, self.keys.dead_letters,
+                      self.keys.in_flight(job.number)],
                 args=[token, job.model_dump_json(), job.job_id, job.org_id, job.state.value,
                       json.dumps(payload, separators=(",", ":"), default=str),
                       self.results_maxlen, "1" if dead_letter else "0", time.time()],
@@ -358,6 +377,7 @@ class JobStore:
                     pipe.set(key, fresh.model_dump_json())
                     pipe.zrem(self.keys.dead_letters, job_id)
                     pipe.zadd(self.keys.active, {job_id: deadline})
+                    pipe.zadd(self.keys.in_flight(job.number), {job_id: deadline})
                     pipe.execute()
                     return fresh
                 except WatchError:

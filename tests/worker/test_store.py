@@ -309,3 +309,35 @@ def test_delete_number_deletes_only_the_jobs_own_record(store: JobStore, vault: 
     store.delete_number_if_owned(NUMBER, ORG, job.job_id, TOKEN)
     assert store.get_number(NUMBER) is None
     assert list(store.numbers_of_org(ORG)) == []
+
+
+# --------------------------------------------------------------------------- in flight / keys
+
+def test_a_number_is_in_flight_from_create_until_finish(store: JobStore, vault: Vault) -> None:
+    """Stored jobs are listed for their number until their terminal write."""
+    first = stored(store, vault)
+    second = stored(store, vault)
+    assert store.jobs_in_flight(NUMBER) == [first.job_id, second.job_id]
+    store.acquire_number_lock(NUMBER, TOKEN, 30)
+    store.finish(terminal(first), TOKEN, payload={}, dead_letter=False)
+    assert store.jobs_in_flight(NUMBER) == [second.job_id]
+
+
+def test_replay_puts_the_job_back_in_flight(store: JobStore, vault: Vault) -> None:
+    """A replayed dead letter counts as in flight again and leaves the dead-letter store."""
+    job = stored(store, vault)
+    store.acquire_number_lock(NUMBER, TOKEN, 30)
+    store.finish(terminal(job, JobState.FAILED), TOKEN, payload={}, dead_letter=True)
+    assert store.jobs_in_flight(NUMBER) == []
+    store.replay(job.job_id, deadline=time.time() + 30)
+    assert store.jobs_in_flight(NUMBER) == [job.job_id]
+    assert store.dead_letter_ids() == []
+
+
+def test_find_idempotent_names_the_job_and_fingerprint(store: JobStore, vault: Vault) -> None:
+    """An organisation's idempotency key resolves to its job; other orgs see nothing."""
+    job = build_job(vault)
+    store.create(job, deadline=time.time() + 30, idempotency_key="k-1")
+    assert store.find_idempotent(job.org_id, "k-1") == (job.job_id, job.request_fingerprint)
+    assert store.find_idempotent("org_other", "k-1") is None
+    assert store.find_idempotent(job.org_id, "k-2") is None

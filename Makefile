@@ -13,7 +13,7 @@ TEST_STACK := TRUNKLINE_STACK_DIR=$(CURDIR)/.stack/test TRUNKLINE_REDIS_PORT=639
 	LIVEKIT_PORT=7890 TRUNKLINE_LIVEKIT_UDP_PORT=7892
 
 .PHONY: help install run worker stack-up stack-down stack-status test unit integration lint \
-	typecheck clean
+	typecheck clean e2e
 
 help:
 	@echo "make run          start redis-server, livekit-server and a worker (foreground)"
@@ -71,3 +71,14 @@ clean:
 	-$(STACK) down
 	-$(TEST_STACK) $(STACK) down
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache
+
+# End-to-end calls through LiveKit's SIP bridge and sipp, on a stack instance and bridge of
+# their own (.stack/e2e, own ports). ops/sip.sh up installs what is missing (sipp, the cgo
+# build dependencies, livekit-sip) and starts redis, livekit-server and the bridge.
+e2e: $(STAMP)
+	TRUNKLINE_STACK_DIR=$(CURDIR)/.stack/e2e TRUNKLINE_REDIS_PORT=6395 LIVEKIT_PORT=7896 \
+		TRUNKLINE_LIVEKIT_UDP_PORT=7898 TRUNKLINE_SIP_PORT=5096 \
+		TRUNKLINE_SIP_RTP_PORTS=20900-20959 bash ops/sip.sh up
+	TRUNKLINE_STACK_DIR=$(CURDIR)/.stack/e2e TRUNKLINE_REDIS_PORT=6395 LIVEKIT_PORT=7896 \
+		TRUNKLINE_LIVEKIT_UDP_PORT=7898 TRUNKLINE_SIP_PORT=5096 \
+		TRUNKLINE_SIP_RTP_PORTS=20900-20959 $(BIN)/python -m pytest -m e2e -q tests/e2e

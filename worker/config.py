@@ -69,7 +69,9 @@ class Settings:
     livekit_api_secret: str = ""
     secret_keys: tuple[str, ...] = ()
     visibility_timeout: int = 3600
-    max_attempts: int = 8
+    # Ten attempts with 1 s base backoff wait about four minutes in all (full jitter): a
+    # LiveKit outage of a minute or two does not dead-letter the jobs caught in it.
+    max_attempts: int = 10
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     livekit_timeout: float = 10.0
@@ -91,7 +93,7 @@ class Settings:
             livekit_api_secret=env.get("LIVEKIT_API_SECRET", "").strip(),
             secret_keys=keys,
             visibility_timeout=visibility,
-            max_attempts=_int(env, "TRUNKLINE_MAX_ATTEMPTS", 8, minimum=1),
+            max_attempts=_int(env, "TRUNKLINE_MAX_ATTEMPTS", 10, minimum=1),
             backoff_base=_float(env, "TRUNKLINE_BACKOFF_BASE", 1.0, minimum=0.01),
             backoff_cap=_float(env, "TRUNKLINE_BACKOFF_MAX", 300.0, minimum=0.01),
             livekit_timeout=_float(env, "TRUNKLINE_LIVEKIT_TIMEOUT", 10.0, minimum=0.1),

@@ -42,7 +42,7 @@ class Classified:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 8
+    max_attempts: int = 10
     base: float = 1.0
     cap: float = 300.0
     # After an unknown outcome, wait at least this long before looking for what the call

@@ -24,7 +24,7 @@ def test_defaults() -> None:
     assert s.livekit_api_secret == ""
     assert s.secret_keys == ()
     assert s.visibility_timeout == 3600
-    assert s.max_attempts == 8
+    assert s.max_attempts == 10
     assert s.backoff_base == 1.0
     assert s.backoff_cap == 300.0
     assert s.livekit_timeout == 10.0

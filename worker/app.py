@@ -18,7 +18,7 @@ from worker.observability import GaugeFromCallable, configure_logging, serve_met
 from worker.runtime import RuntimeHolder, redis_client
 from worker.store import JobStore
 from worker.sweeper import Sweeper, SweeperThread
-from worker.tasks import PROVISION_TASK, register_tasks
+from worker.tasks import PROVISION_TASK, RECONCILE_TASK, register_tasks
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,12 @@ def create_app(settings: Settings | None = None, env: Mapping[str, str] | None =
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=False,
         enable_utc=True,
+        # `celery -A worker beat` runs the reconcile report on this schedule (0: never).
+        beat_schedule=(
+            {"reconcile": {"task": RECONCILE_TASK, "schedule": float(settings.reconcile_interval),
+                           "options": {"queue": settings.queue}}}
+            if settings.reconcile_interval else {}
+        ),
     )
     # Our JSON logging instead of Celery's own (connected here, not at import time).
     signals.setup_logging.connect(_setup_logging, weak=False, dispatch_uid="trunkline-logging")

@@ -79,6 +79,7 @@ class Settings:
     results_maxlen: int = 100_000
     queue: str = "trunkline.provision"
     metrics_port: int | None = None
+    reconcile_interval: int = 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,6 +102,7 @@ class Settings:
             results_maxlen=_int(env, "TRUNKLINE_RESULTS_MAXLEN", 100_000, minimum=100),
             queue=env.get("TRUNKLINE_QUEUE", "").strip() or "trunkline.provision",
             metrics_port=_int(env, "TRUNKLINE_METRICS_PORT", 0, minimum=0) or None,
+            reconcile_interval=_int(env, "TRUNKLINE_RECONCILE_INTERVAL", 3600, minimum=0),
         )
 
     def require_livekit(self) -> None:

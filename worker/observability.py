@@ -22,6 +22,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     start_http_server,
 )
@@ -38,6 +39,9 @@ STEP_SECONDS = Histogram("trunkline_step_duration_seconds", "Saga step latency",
 LIVEKIT_ERRORS = Counter("trunkline_livekit_errors_total", "Failed LiveKit calls",
                          ["method", "code"])
 REQUEUED = Counter("trunkline_sweeper_requeued_total", "Jobs the sweeper sent again")
+RECONCILE_FINDINGS = Gauge("trunkline_reconcile_findings",
+                           "Findings of the last scheduled reconcile, by kind", ["kind"],
+                           multiprocess_mode="mostrecent")
 
 
 def configure_logging(env: Mapping[str, str] | None = None) -> None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 
+from ops.reconcile import Reconciler
+from worker.observability import RECONCILE_FINDINGS
 from worker.runtime import RuntimeHolder
 
+log = logging.getLogger(__name__)
+
 PROVISION_TASK = "trunkline.provision"
+RECONCILE_TASK = "trunkline.reconcile"
 
 
 def register_tasks(app: Celery, runtime: RuntimeHolder) -> None:
@@ -20,3 +26,13 @@ def register_tasks(app: Celery, runtime: RuntimeHolder) -> None:
         if outcome.kind == "retry":
             raise self.retry(countdown=outcome.delay)
         return outcome.detail
+
+    # Report only: deleting orphans stays an operator's decision (`trunkline reconcile --delete`).
+    @app.task(name=RECONCILE_TASK, ignore_result=True, acks_late=False)
+    def reconcile() -> dict[str, int]:
+        rt = runtime.get()
+        counts = Reconciler(rt.livekit, rt.store, rt.vault).run().counts()
+        for kind, value in counts.items():
+            RECONCILE_FINDINGS.labels(kind).set(value)
+        log.info("reconcile: %s", counts)
+        return counts

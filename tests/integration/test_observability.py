@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from producers import ProvisioningClient
-from tests.integration.conftest import SEED_REQUEST, WorkerFactory
+from tests.integration.conftest import SEED_REQUEST, Stack, WorkerFactory
 from worker.livekit import InboundTrunk, LiveKitSIP
-from worker.records import JobState
+from worker.records import JobState, StepName
+from worker.saga import make_tag
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean")]
 
@@ -50,3 +56,37 @@ def test_worker_logs_json_with_job_ids_and_serves_metrics(
     assert "trunkline_dead_letter_depth 1.0" in metrics
     assert 'trunkline_livekit_errors_total{code="number_conflict"' in metrics
     assert 'trunkline_step_duration_seconds_count{step="inbound_trunk"}' in metrics
+
+
+def test_beat_schedules_reconcile_and_its_findings_reach_metrics(
+    stack: Stack, worker_factory: WorkerFactory, livekit: LiveKitSIP, tmp_path: Path,
+    unused_tcp_port: int,
+) -> None:
+    """`celery -A worker beat` sends the reconcile report; its orphan count is exported."""
+    livekit.create_inbound_trunk(InboundTrunk(
+        name="orphan", numbers=["+15559990000"],
+        metadata=make_tag("job_gone", "org_x", StepName.INBOUND_TRUNK, "+15559990000")))
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    env = {"TRUNKLINE_METRICS_PORT": str(unused_tcp_port),
+           "PROMETHEUS_MULTIPROC_DIR": str(multiproc), "TRUNKLINE_RECONCILE_INTERVAL": "2"}
+    worker = worker_factory(**env)
+    beat = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel=INFO",
+         f"--schedule={tmp_path / 'beat-schedule'}"],
+        env=stack.env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        metrics = ""
+        while time.monotonic() < deadline:
+            metrics = httpx.get(f"http://127.0.0.1:{unused_tcp_port}/metrics", timeout=5).text
+            if 'trunkline_reconcile_findings{kind="orphans"} 1.0' in metrics:
+                break
+            time.sleep(0.5)
+    finally:
+        os.killpg(beat.pid, signal.SIGTERM)
+        beat.wait(10)
+    assert 'trunkline_reconcile_findings{kind="orphans"} 1.0' in metrics, worker.read_log()[-2000:]
+    assert 'trunkline_reconcile_findings{kind="missing"} 0.0' in metrics

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Annotated, cast
 
 import typer
 
 from ops.commands import options
-from ops.context import EXIT_CONFIG, fail, ops_context, out
+from ops.context import EXIT_CONFIG, EXIT_FAILED, err, fail, ops_context, out
 from ops.paging import BadCursor, zset_page
 from ops.views import cell, echo_json, table, when
-from worker.contract import canonical_number
-from worker.records import PhoneNumberRecord
+from producers.client import NumberNotFound, ProvisioningClient, WaitTimeout
+from worker.contract import InvalidRequest, canonical_number
+from worker.records import JobState, PhoneNumberRecord
 
 app = typer.Typer(help="Phone-number records by organisation.", no_args_is_help=True)
 
@@ -88,3 +92,79 @@ def show_command(
     for key, value in record.public_view().items():
         view.add_row(cell(key), cell(value))
     out.print(view)
+
+
+Wait = Annotated[float, typer.Option(
+    "--wait", min=0, help="Seconds to wait for the job to finish (0: print the job id only).")]
+
+
+def _finish(client: ProvisioningClient, job_id: str, wait: float, as_json: bool) -> None:
+    """Print the job (after waiting for it, with --wait); exit 1 if it failed."""
+    job = client.get(job_id)
+    if wait > 0:
+        try:
+            job = client.wait(job_id, wait)
+        except WaitTimeout as timeout:
+            job = timeout.job
+    if as_json:
+        echo_json(job.public_view())
+    else:
+        out.print(f"job {job.job_id}: {job.state.value}")
+        if job.error is not None:
+            out.print(f"{job.error.code}: {job.error.message}")
+    if job.state is JobState.FAILED:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("release")
+def release_command(
+    number: Annotated[str, typer.Argument(help="The number, E.164 (+15551234567).")],
+    org: Annotated[str, typer.Option("--org", help="The organisation that owns it.")],
+    yes: options.Yes = False,
+    wait: Wait = 30.0,
+    as_json: options.Json = False,
+) -> None:
+    """Release a number: delete its dispatch rule, both trunks and the record (a queued job).
+
+    Releasing a number that is already gone succeeds and does nothing.
+    """
+    canonical = _normalise(number)
+    if not yes and not typer.confirm(f"Release {canonical} of {org} on LiveKit?"):
+        raise typer.Exit(EXIT_FAILED)
+    with ops_context() as ctx:
+        client = ctx.provisioning_client()
+        try:
+            job_id = client.release(org_id=org, number=canonical, source="cli")
+        except NumberNotFound as exc:
+            raise fail(str(exc)) from None
+        _finish(client, job_id, wait, as_json)
+
+
+@app.command("update")
+def update_command(
+    number: Annotated[str, typer.Argument(help="The number, E.164 (+15551234567).")],
+    org: Annotated[str, typer.Option("--org", help="The organisation that owns it.")],
+    changes_file: Annotated[Path, typer.Option(
+        "--changes", help="JSON file with the fields to change ('-' for stdin), e.g. "
+                          '{"authPassword": "…"}; any request field except number.')],
+    wait: Wait = 30.0,
+    as_json: options.Json = False,
+) -> None:
+    """Change a number's setup in place (same LiveKit ids): credentials, gateway, agent, ..."""
+    text = sys.stdin.read() if str(changes_file) == "-" else changes_file.read_text()
+    try:
+        changes = json.loads(text)
+    except ValueError as exc:
+        raise fail(f"{changes_file} is not valid JSON: {exc}", EXIT_CONFIG) from None
+    canonical = _normalise(number)
+    with ops_context() as ctx:
+        client = ctx.provisioning_client()
+        try:
+            job_id = client.update(org_id=org, number=canonical, changes=changes, source="cli")
+        except NumberNotFound as exc:
+            raise fail(str(exc)) from None
+        except InvalidRequest as exc:
+            for error in exc.errors:
+                err.print(f"{error.field}: {error.message}")
+            raise typer.Exit(EXIT_CONFIG) from None
+        _finish(client, job_id, wait, as_json)

@@ -331,3 +331,37 @@ def test_dev_commands_and_outage_messages(stack: Stack) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 3, result.stderr
     assert "cannot reach LiveKit at http://127.0.0.1:1 (check LIVEKIT_URL)" in result.stderr
+
+
+def test_update_then_release_from_the_command_line(
+    worker_factory: WorkerFactory, client: ProvisioningClient, livekit: LiveKitSIP,
+    cli: Cli, tmp_path: Path,
+) -> None:
+    """Rotate the password with `numbers update`, then `numbers release` leaves nothing."""
+    worker_factory()
+    job = client.wait(client.submit(org_id="org_cli", request=SEED_REQUEST), 60)
+    assert job.state is JobState.SUCCEEDED and job.result is not None
+    changes = tmp_path / "changes.json"
+    changes.write_text(json.dumps({"authPassword": CANARY_PASSWORD}))
+
+    updated = cli("numbers", "update", "+15551234567", "--org", "org_cli",
+                  "--changes", str(changes), "--json")
+    assert updated.exit_code == 0, updated.output
+    assert json.loads(updated.stdout)["state"] == "succeeded"
+    assert CANARY_PASSWORD not in updated.output
+    outbound = livekit.get_outbound_trunk(job.result.outbound_trunk_id)
+    assert outbound.auth_password.get_secret_value() == CANARY_PASSWORD
+
+    other = cli("numbers", "release", "+15551234567", "--org", "org_other", "--yes")
+    assert other.exit_code == 1
+    assert livekit.list_inbound_trunks() != []
+
+    released = cli("numbers", "release", "+15551234567", "--org", "org_cli", "--yes", "--json")
+    assert released.exit_code == 0, released.output
+    assert json.loads(released.stdout)["state"] == "succeeded"
+    assert livekit.list_inbound_trunks() == []
+    assert livekit.list_outbound_trunks() == []
+    assert livekit.list_dispatch_rules() == []
+
+    bad = cli("numbers", "update", "+15551234567", "--org", "org_cli", "--changes", str(changes))
+    assert bad.exit_code == 1  # the number is gone

@@ -8,15 +8,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STACK := bash ops/stack.sh
 DEV_ENV := .stack/dev.env
+API_HOST ?= 127.0.0.1
+API_PORT ?= 8000
+ORG ?= dev-org
 # The test suite runs its own stack instance so it never touches `make run` data.
 TEST_STACK := TRUNKLINE_STACK_DIR=$(CURDIR)/.stack/test TRUNKLINE_REDIS_PORT=6391 \
 	LIVEKIT_PORT=7890 TRUNKLINE_LIVEKIT_UDP_PORT=7892
 
-.PHONY: help install run worker stack-up stack-down stack-status test unit integration lint \
+.PHONY: help install run api-key worker stack-up stack-down stack-status test unit integration lint \
 	typecheck clean e2e
 
 help:
-	@echo "make run          start redis-server, livekit-server and a worker (foreground)"
+	@echo "make run          start redis-server, livekit-server, a worker and the API (foreground)"
+	@echo "make api-key      create an API key for ORG (default dev-org) on the local stack"
 	@echo "make test         lint, type-check, unit and integration tests on the real stack"
 	@echo "make unit         fast tests only (fakeredis, MockTransport)"
 	@echo "make integration  tests against the real stack"
@@ -47,8 +51,15 @@ $(DEV_ENV): | $(STAMP)
 
 run: $(STAMP) $(DEV_ENV) stack-up
 	@eval "$$($(STACK) env)"; source $(DEV_ENV); \
-	echo "worker on $$REDIS_URL, LiveKit at $$LIVEKIT_URL (Ctrl-C stops the worker)"; \
-	exec $(BIN)/celery -A worker worker --loglevel=INFO
+	echo "worker on $$REDIS_URL, LiveKit at $$LIVEKIT_URL"; \
+	$(BIN)/celery -A worker worker --loglevel=INFO & worker=$$!; \
+	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
+	echo "API on http://$(API_HOST):$(API_PORT) (docs: /docs). An API key: make api-key ORG=my-org"; \
+	echo "Ctrl-C stops the API and the worker; 'make stack-down' stops Redis and LiveKit."; \
+	$(BIN)/trunkline api --host $(API_HOST) --port $(API_PORT)
+
+api-key: $(STAMP) $(DEV_ENV)
+	@eval "$$($(STACK) env)"; source $(DEV_ENV); $(BIN)/trunkline keys create --org $(ORG) --json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -15,6 +15,8 @@ readonly PKG_CONFIG_NAMES=(opus opusfile soxr)
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 REPO_ROOT=$(dirname -- "$SCRIPT_DIR")
 PROG="ops/$(basename -- "${BASH_SOURCE[0]}")"
+# shellcheck source=ops/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 STACK_SH=$SCRIPT_DIR/stack.sh
 
 STACK_DIR=${TRUNKLINE_STACK_DIR:-$REPO_ROOT/.stack}
@@ -78,23 +80,9 @@ EOF
 
 # ---------------------------------------------------------------- helpers
 
-die() {
-    printf '%s: error: %s\n' "$PROG" "$*" >&2
-    exit 1
-}
 
-info() {
-    printf '%s: %s\n' "$PROG" "$*" >&2
-}
 
-have() { command -v "$1" >/dev/null 2>&1; }
 
-require_uint() { # name value [min] [max]
-    local name=$1 value=$2 min=${3:-0} max=${4:-65535}
-    if ! [[ $value =~ ^[0-9]+$ ]] || ((10#$value < min || 10#$value > max)); then
-        die "$name=$value is not an integer in [$min, $max]; fix or unset $name"
-    fi
-}
 
 validate_settings() {
     require_uint TRUNKLINE_SIP_PORT "$SIP_PORT" 1
@@ -131,32 +119,13 @@ init_paths() {
 
 # Serialises install/up/down of the bridge. Its own lock file: ops/stack.sh takes
 # run/ops.lock itself when we call it. fd 9 is closed for every child (9>&-).
-take_lock() {
-    have flock || return 0
-    local lock=$RUN_DIR/sip.lock
-    exec 9>"$lock"
-    if ! flock -n 9; then
-        info "waiting for another $PROG install/up/down (lock $lock)"
-        flock -w 2400 9 || die "another $PROG still holds $lock after 2400s; check 'fuser $lock'"
-    fi
-}
 
 need_python() {
     have python3 || die "python3 is required (SIP OPTIONS probe, JSON); install it (apt-get install -y python3)"
 }
 
-pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
 
-read_pid() { # pidfile -> prints pid or nothing
-    local pid=""
-    if [[ -f $1 ]]; then
-        read -r pid <"$1" 2>/dev/null || true
-    fi
-    [[ $pid =~ ^[0-9]+$ ]] && printf '%s\n' "$pid"
-    return 0
-}
 
-cmdline_of() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
 
 # pid of our bridge (its command line names our generated config), or nothing
 sip_pid() {
@@ -167,32 +136,7 @@ sip_pid() {
     fi
 }
 
-show_log_tail() { # file [lines]
-    if [[ -s $1 ]]; then
-        printf -- '--- last %s lines of %s ---\n' "${2:-40}" "$1" >&2
-        tail -n "${2:-40}" -- "$1" >&2
-        printf -- '---\n' >&2
-    else
-        printf '(log %s is empty or missing)\n' "$1" >&2
-    fi
-}
 
-stop_pid() { # pid name timeout
-    local pid=$1 name=$2 timeout=$3 i
-    # SIGINT: livekit-sip ends its calls and exits at once (SIGTERM waits for calls to end).
-    kill -INT "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < timeout * 5; i++)); do
-        pid_alive "$pid" || return 0
-        sleep 0.2
-    done
-    info "$name (pid $pid) did not stop within ${timeout}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    for ((i = 0; i < 25; i++)); do
-        pid_alive "$pid" || return 0
-        sleep 0.2
-    done
-    die "could not stop $name (pid $pid)"
-}
 
 # Python helpers (stdlib only).
 # udp-free PORT: exit 0 if 127.0.0.1:PORT can be bound for UDP and TCP.
@@ -242,18 +186,6 @@ stack() { bash "$STACK_SH" "$@" 9>&-; }
 
 # ---------------------------------------------------------------- install
 
-apt_install() { # packages...
-    local -a sudo=()
-    if [[ $(id -u) != 0 ]]; then
-        have sudo || die "need root or sudo to run 'apt-get install -y $*'; install it yourself"
-        sudo=(sudo)
-    fi
-    have apt-get || die "apt-get not found; install the Debian package(s) $* by hand"
-    info "installing $* (apt-get update && apt-get install -y $*)"
-    "${sudo[@]}" apt-get update 9>&- || die "'apt-get update' failed (see above)"
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "$@" 9>&- \
-        || die "'apt-get install -y $*' failed (see above)"
-}
 
 install_sipp() {
     have sipp && return 0
@@ -454,7 +386,8 @@ sip_start() {
         else
             info "livekit-sip config changed; restarting livekit-sip (pid $pid)"
         fi
-        stop_pid "$pid" livekit-sip 20
+        # SIGINT: livekit-sip ends its calls and exits at once (SIGTERM waits for calls to end).
+        stop_pid "$pid" livekit-sip 20 INT
     fi
     rm -f -- "$SIP_PIDFILE"
     mv -f -- "$newcfg" "$SIP_CONFIG"
@@ -493,7 +426,7 @@ sip_start() {
         sleep 0.25
     done
     show_log_tail "$SIP_LOG"
-    stop_pid "$pid" livekit-sip 10
+    stop_pid "$pid" livekit-sip 10 INT
     rm -f -- "$SIP_PIDFILE"
     die "livekit-sip did not become ready within ${SIP_WAIT}s: $SIP_HEALTH_DETAIL (log $SIP_LOG); stopped it"
 }
@@ -507,7 +440,7 @@ sip_stop() {
         return 0
     fi
     info "stopping livekit-sip (pid $pid)"
-    stop_pid "$pid" livekit-sip 20
+    stop_pid "$pid" livekit-sip 20 INT
     rm -f -- "$SIP_PIDFILE"
 }
 
@@ -616,9 +549,9 @@ main() {
         install | up | down) [[ $# -eq 0 ]] || die "$cmd takes no arguments" ;;
     esac
     case $cmd in
-        install) take_lock; cmd_install ;;
-        up) need_python; take_lock; cmd_up ;;
-        down) take_lock; cmd_down ;;
+        install) take_lock sip.lock; cmd_install ;;
+        up) need_python; take_lock sip.lock; cmd_up ;;
+        down) take_lock sip.lock; cmd_down ;;
         status) cmd_status "$@" ;;
         logs) cmd_logs "$@" ;;
     esac

@@ -12,6 +12,8 @@ readonly LIVEKIT_DEV_SECRET=secret
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 REPO_ROOT=$(dirname -- "$SCRIPT_DIR")
 PROG="ops/$(basename -- "${BASH_SOURCE[0]}")"
+# shellcheck source=ops/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 STACK_DIR=${TRUNKLINE_STACK_DIR:-$REPO_ROOT/.stack}
 REDIS_PORT=${TRUNKLINE_REDIS_PORT:-6390}
@@ -80,21 +82,8 @@ EOF
 
 # ---------------------------------------------------------------- helpers
 
-die() {
-    printf '%s: error: %s\n' "$PROG" "$*" >&2
-    exit 1
-}
 
-info() {
-    printf '%s: %s\n' "$PROG" "$*" >&2
-}
 
-require_uint() { # name value [min] [max]
-    local name=$1 value=$2 min=${3:-0} max=${4:-65535}
-    if ! [[ $value =~ ^[0-9]+$ ]] || ((10#$value < min || 10#$value > max)); then
-        die "$name=$value is not an integer in [$min, $max]; fix or unset $name"
-    fi
-}
 
 validate_settings() {
     require_uint TRUNKLINE_REDIS_PORT "$REDIS_PORT" 1
@@ -130,34 +119,14 @@ init_paths() {
 
 # Serialises install/up/down. fd 9 is closed for every daemon we start (9>&-): a daemon
 # that inherited it would hold the lock for its whole life.
-take_lock() {
-    have flock || return 0
-    local lock=$RUN_DIR/ops.lock
-    exec 9>"$lock"
-    if ! flock -n 9; then
-        info "waiting for another $PROG install/up/down (lock $lock)"
-        flock -w 2400 9 || die "another $PROG still holds $lock after 2400s; check 'fuser $lock'"
-    fi
-}
 
-have() { command -v "$1" >/dev/null 2>&1; }
 
 need_python() {
     have python3 || die "python3 is required (JWT minting and HTTP checks); install it (apt-get install -y python3)"
 }
 
-pid_alive() { [[ -n ${1:-} ]] && kill -0 "$1" 2>/dev/null; }
 
-read_pid() { # pidfile -> prints pid or nothing
-    local pid=""
-    if [[ -f $1 ]]; then
-        read -r pid <"$1" 2>/dev/null || true
-    fi
-    [[ $pid =~ ^[0-9]+$ ]] && printf '%s\n' "$pid"
-    return 0
-}
 
-cmdline_of() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null || true; }
 
 # pid of our redis (from the pid file, checked against /proc), or nothing
 redis_pid() {
@@ -183,31 +152,7 @@ tcp_port_open() { # port: something accepts connections on 127.0.0.1:port
 
 redis_ping() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
 
-show_log_tail() { # file [lines]
-    if [[ -s $1 ]]; then
-        printf -- '--- last %s lines of %s ---\n' "${2:-40}" "$1" >&2
-        tail -n "${2:-40}" -- "$1" >&2
-        printf -- '---\n' >&2
-    else
-        printf '(log %s is empty or missing)\n' "$1" >&2
-    fi
-}
 
-stop_pid() { # pid name timeout
-    local pid=$1 name=$2 timeout=$3 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < timeout * 5; i++)); do
-        pid_alive "$pid" || return 0
-        sleep 0.2
-    done
-    info "$name (pid $pid) did not stop within ${timeout}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    for ((i = 0; i < 25; i++)); do
-        pid_alive "$pid" || return 0
-        sleep 0.2
-    done
-    die "could not stop $name (pid $pid)"
-}
 
 # Python helper: HTTP GET / and Twirp POST with an HS256 JWT (stdlib only).
 # argv: mode(get|twirp) base_url [key secret path body grants_json]
@@ -281,18 +226,6 @@ livekit_healthy() { # sets LK_HEALTH_DETAIL
 
 # ---------------------------------------------------------------- install
 
-apt_install() { # packages...
-    local -a sudo=()
-    if [[ $(id -u) != 0 ]]; then
-        have sudo || die "need root or sudo to run 'apt-get install -y $*'; install it yourself"
-        sudo=(sudo)
-    fi
-    have apt-get || die "apt-get not found; install the Debian package(s) $* by hand"
-    info "installing $* (apt-get update && apt-get install -y $*)"
-    "${sudo[@]}" apt-get update || die "'apt-get update' failed (see above)"
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "$@" \
-        || die "'apt-get install -y $*' failed (see above)"
-}
 
 install_redis() {
     if have redis-server && have redis-cli; then
@@ -720,9 +653,9 @@ main() {
         install | up | down) [[ $# -eq 0 ]] || die "$cmd takes no arguments" ;;
     esac
     case $cmd in
-        install) take_lock; cmd_install ;;
-        up) need_python; take_lock; cmd_up ;;
-        down) take_lock; cmd_down ;;
+        install) take_lock ops.lock; cmd_install ;;
+        up) need_python; take_lock ops.lock; cmd_up ;;
+        down) take_lock ops.lock; cmd_down ;;
         status) cmd_status "$@" ;;
         logs) cmd_logs "$@" ;;
         twirp) cmd_twirp "$@" ;;

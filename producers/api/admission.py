@@ -1,46 +1,56 @@
-"""Admission of a validated request: idempotent replay, 409 checks, then the one submit.
+"""Admission of a validated create request: idempotent replay, 409 checks, then the one submit.
 
-Order matters:
+Everything it reads about jobs comes from the core's own indexes, so jobs submitted by any
+producer (this API, `ProvisioningClient`, the CLI, a replay) count, not only the API's:
 
-1. With an idempotency key, the job the key already points at (the core's record, keyed by
-   organisation and key) is the answer: same request → that job; different request →
+1. With an idempotency key, the job the core's idempotency record names
+   (`JobStore.find_idempotent`) is the answer: same request → that job; different request →
    IdempotencyConflict. A replay is never refused as "in flight" by its own job.
-2. Otherwise, under a short per-number admission lock (so two requests for one number cannot
-   both pass the checks), the number must be neither provisioned (a phone-number record) nor
-   in flight (a live job this API admitted for it, or a worker holding the core's number lock).
-3. Then `ProvisioningClient.submit` stores and enqueues the job, and the number is marked in
-   flight with its job id. The mark is checked lazily: a finished or missing job frees it.
+2. Otherwise, under a short per-number admission lock, the number must be neither in flight
+   (`JobStore.jobs_in_flight`: a create, update or release for it stored and not finished)
+   nor provisioned (a phone-number record).
+3. Then `ProvisioningClient.submit` stores and enqueues the job; the core's create script puts
+   it in the number's in-flight index in the same atomic step, and its finish takes it out.
+
+Why the admission lock is still needed: the core stores a job unconditionally, so "nothing in
+flight and no record" (step 2) and "store the job" (step 3) are two steps. Without the lock,
+two API processes admitting creates for one number at once could both pass step 2 and make
+two jobs (the worker would then fail the second with `number_already_provisioned`, but a
+request the API must refuse with 409 would have made a job). The lock only has to serialise
+creates with creates: an update needs the record, which step 2 refuses, and a release that
+slips in between steps 2 and 3 is ordered by the worker's number lock exactly as if it had
+come just after. It would be unnecessary if the core's create refused a create job for a
+number with a record or a job in flight, in its create script.
 
 Concurrent duplicates with one key queue on the admission lock; the first submits, the rest
 find the key at step 1. The core's submit is idempotent per key anyway, so even a lock that
 expired mid-submit cannot make two jobs for one key.
 
-Keys under `trunkline:api:`: `admit:<number>` (lock), `inflight:<number>` (job id).
+The only key of its own is `trunkline:api:admit:<number>` (the lock, 10 s at most).
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
-from typing import Any, cast
 
 from producers.client import ProvisioningClient
 from worker.contract import ProvisionRequest
-from worker.records import Job
+from worker.records import Job, JobKind
 from worker.store import IdempotencyConflict
 
 ADMIT_LOCK_MS = 10_000
-INFLIGHT_TTL_SECONDS = 24 * 3600
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
+_WHAT = {JobKind.CREATE: "a setup", JobKind.UPDATE: "an update", JobKind.RELEASE: "a release"}
+
 
 class NumberUnavailable(Exception):
-    """The number is provisioned already, or a setup for it is in flight (HTTP 409)."""
+    """The number is provisioned already, or a job for it is in flight (HTTP 409)."""
 
     def __init__(self, code: str, message: str, *, retryable: bool) -> None:
         self.code = code
@@ -64,9 +74,6 @@ class Admission:
     def _admit_key(self, number: str) -> str:
         return f"{self.prefix}:admit:{number}"
 
-    def _inflight_key(self, number: str) -> str:
-        return f"{self.prefix}:inflight:{number}"
-
     def fingerprint(self, request: ProvisionRequest) -> str:
         return self.client.vault.fingerprint(request.fingerprint_material())
 
@@ -74,12 +81,11 @@ class Admission:
         """The job an idempotency key already names, or None; IdempotencyConflict on misuse."""
         if key is None:
             return None
-        raw = self.client.redis.get(self.client.store.keys.idempotency(org_id, key))
-        if raw is None:
+        seen = self.client.store.find_idempotent(org_id, key)
+        if seen is None:
             return None
-        seen: dict[str, Any] = json.loads(cast(bytes, raw))
-        job_id = str(seen["job_id"])
-        if seen.get("fingerprint") != fingerprint:
+        job_id, seen_fingerprint = seen
+        if seen_fingerprint != fingerprint:
             raise IdempotencyConflict(job_id)
         return job_id
 
@@ -91,11 +97,27 @@ class Admission:
     def unlock(self, number: str, token: str) -> None:
         self._release(keys=[self._admit_key(number)], args=[token])
 
-    def check_number(self, org_id: str, number: str) -> None:
-        """Raise NumberUnavailable when the number is taken or has a setup in flight."""
+    def in_flight(self, number: str) -> list[Job]:
+        """The unfinished jobs for a number, oldest first (from the core's in-flight index).
+
+        The index is maintained atomically by the core; the state is still checked, so that
+        an id whose job is gone or already terminal can never block a number.
+        """
         store = self.client.store
-        record = store.get_number(number)
-        if record is not None:
+        jobs = (store.get(job_id) for job_id in store.jobs_in_flight(number))
+        return [job for job in jobs if job is not None and not job.state.terminal]
+
+    def check_number(self, org_id: str, number: str) -> None:
+        """Raise NumberUnavailable when the number is taken or has a job in flight.
+
+        The in-flight index is read before the record: a job writes its record before its
+        finish takes it out of the index, so a create finishing between the two reads is seen
+        by one of them.
+        """
+        in_flight = self.in_flight(number)
+        record = self.client.store.get_number(number)
+        releases = [job for job in in_flight if job.kind is JobKind.RELEASE]
+        if record is not None and not releases:
             if record.org_id == org_id:
                 raise NumberUnavailable(
                     "number_already_provisioned",
@@ -105,24 +127,17 @@ class Admission:
             raise NumberUnavailable("number_owned_by_other_org",
                                     f"{number} is provisioned by another organisation",
                                     retryable=False)
-        raw = self.client.redis.get(self._inflight_key(number))
-        if raw is not None:
-            job = store.get(cast(bytes, raw).decode())
-            if job is not None and not job.state.terminal:
-                raise self._in_flight(number, job, org_id)
-        holder, _ = store.number_lock_holder(number)
-        if holder is not None:
-            raise NumberUnavailable(
-                "setup_in_flight",
-                f"a setup for {number} is running; retry when it has finished",
-                retryable=True)
+        if in_flight:
+            # While a release runs, the number is about to be free: say so, retryably.
+            raise self._in_flight(number, releases[0] if releases else in_flight[0], org_id)
 
     @staticmethod
     def _in_flight(number: str, job: Job, org_id: str) -> NumberUnavailable:
         whose = f"job {job.job_id}" if job.org_id == org_id else "another organisation's job"
         return NumberUnavailable(
             "setup_in_flight",
-            f"a setup for {number} is already in flight ({whose}); retry when it has finished",
+            f"{_WHAT[job.kind]} of {number} is already in flight ({whose}); retry when it "
+            "has finished",
             retryable=True)
 
     def submit_locked(self, org_id: str, request: ProvisionRequest, key: str | None,
@@ -134,6 +149,4 @@ class Admission:
         self.check_number(org_id, request.number)
         job_id = self.client.submit(org_id=org_id, request=request, idempotency_key=key,
                                     source=source)
-        self.client.redis.set(self._inflight_key(request.number), job_id,
-                              ex=INFLIGHT_TTL_SECONDS)
         return Admitted(job_id, created=True)

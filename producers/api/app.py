@@ -1,4 +1,5 @@
-"""The HTTP producer: the seed's createSipTrunkDispatch, the jobs API and CRM webhooks.
+"""The HTTP producer: the seed's createSipTrunkDispatch, the phone-number lifecycle (list,
+get, update, release), the jobs API and CRM webhooks.
 
 `create_api(settings)` builds the ASGI app; nothing connects at import time. Routes are async
 and hand every blocking call (Redis, the Celery send) to the thread pool; waiting for a job
@@ -8,6 +9,11 @@ Order of checks on a create: credentials (401), rate limit (429), body size by C
 (413), content type (415), body size while reading (413), JSON (400), fields (400, all at
 once), Idempotency-Key (422 on another body), number taken or in flight (409), then the job is
 stored and enqueued. Anything rejected before the last step creates no job.
+
+Update (PATCH) and release (DELETE) of `/api/phone-numbers/{number}` go through
+`ProvisioningClient.update`/`release`, which validate and check the organisation before they
+store anything; they wait for their job like a create does. Another organisation's number is
+answered exactly like a number that does not exist (404).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import redis
-from fastapi import Depends, FastAPI, Header, Request, Security
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
@@ -43,27 +49,46 @@ from producers.api.schemas import (
     CreateSipTrunkDispatchRequest,
     HealthEnvelope,
     JobEnvelope,
+    PhoneNumberEnvelope,
+    PhoneNumberListEnvelope,
+    ReleasedEnvelope,
     error_responses,
+    update_request_schema,
 )
 from producers.api.settings import ApiSettings
-from producers.client import ProvisioningClient
+from producers.api.views import number_view, release_view
+from producers.client import NumberNotFound, ProvisioningClient
 from producers.keys import ApiKeys
 from producers.ratelimit import RateLimiter
 from producers.webhooks import SignatureError, WebhookSource, verify
 from worker.app import create_app
 from worker.config import Settings
-from worker.contract import InvalidRequest, ProvisionRequest, parse_request
+from worker.contract import (
+    FieldError,
+    InvalidRequest,
+    ProvisionRequest,
+    canonical_number,
+    parse_change,
+    parse_request,
+)
 from worker.livekit import LiveKitSIP
-from worker.records import Job, JobState
+from worker.records import Job, JobKind, JobState
 from worker.runtime import redis_client
 from worker.store import IdempotencyConflict, JobStore
 from worker.vault import Vault
 
 API_VERSION = "1.0.0"
 SUCCESS_MESSAGE = "Phone number created successfully"
+UPDATED_MESSAGE = "Phone number updated successfully"
+RELEASED_MESSAGE = "Phone number released successfully"
+ALREADY_RELEASED_MESSAGE = "Phone number was already released; nothing to delete"
 ADMIT_WAIT_SECONDS = 15.0
+MAX_PAGE = 100
 _JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+_CURSOR = re.compile(r"^[0-9]{1,12}$")
+NUMBER_PATH_DOC = ("The phone number in E.164, URL-encoded: `%2B15551234567` for +15551234567 "
+                   "(spaces, dashes and parentheses are ignored)")
 _ACCEPTED_TYPES = {
     "application/json",
     # The seed's own curl example sends its JSON with `-d` and no Content-Type, which curl
@@ -183,7 +208,7 @@ def _accepted(job_id: str, state: JobState, *, duplicate: bool = False,
               extra_headers: Mapping[str, str] | None = None) -> JSONResponse:
     data = {"job_id": job_id, "state": state.value, "location": _location(job_id),
             "duplicate": duplicate}
-    message = ("Accepted: the setup runs in the background; GET the location for its result"
+    message = ("Accepted: the job runs in the background; GET the location for its result"
                if not duplicate else "Already accepted: this delivery was seen before")
     return JSONResponse(envelope(message, "pending", data), status_code=202,
                         headers={**NO_STORE, "Location": _location(job_id),
@@ -197,6 +222,8 @@ _CONFLICT_CODES = {"number_conflict", "dispatch_rule_conflict", "number_owned_by
 def _failure_status(code: str) -> int:
     if code in _CONFLICT_CODES:
         return 409
+    if code == "number_not_found":  # an update or release found no record of this org's
+        return 404
     if code in ("livekit_rejected", "livekit_not_found", "livekit_conflict"):
         return 422
     if code.startswith("livekit_"):
@@ -206,13 +233,23 @@ def _failure_status(code: str) -> int:
     return 500
 
 
-def _job_response(job: Job, *, replayed: bool) -> JSONResponse:
+async def _job_response(state: ApiState, job: Job, *, replayed: bool) -> JSONResponse:
+    """A job's answer: its kind's success envelope, its error, or 202 while it runs."""
     headers = {**NO_STORE, "Trunkline-Job-Id": job.job_id}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     if job.state is JobState.SUCCEEDED and job.result is not None:
-        return JSONResponse(envelope(SUCCESS_MESSAGE, "success", job.result.inbound_trunk_id),
-                            status_code=200, headers=headers)
+        if job.kind is JobKind.UPDATE:
+            record = await run_in_threadpool(state.client.store.get_number, job.number)
+            data = number_view(record) if record and record.org_id == job.org_id else None
+            body = envelope(UPDATED_MESSAGE, "success", data)
+        elif job.kind is JobKind.RELEASE:
+            view = release_view(job.number, job.result)
+            message = ALREADY_RELEASED_MESSAGE if view["alreadyReleased"] else RELEASED_MESSAGE
+            body = envelope(message, "success", view)
+        else:
+            body = envelope(SUCCESS_MESSAGE, "success", job.result.inbound_trunk_id)
+        return JSONResponse(body, status_code=200, headers=headers)
     if job.state is JobState.FAILED:
         error = job.error
         code = error.code if error else "job_failed"
@@ -238,6 +275,11 @@ def _scrub(value: Any) -> Any:
 def job_view(job: Job) -> dict[str, Any]:
     """The job as its organisation sees it: never the password, its ciphertext or hashes."""
     view: dict[str, Any] = _scrub(job.public_view())
+    change = view.get("change")
+    if isinstance(change, dict) and isinstance(change.get("fields"), list):
+        # An update names the fields it changes; the password by its request name.
+        change["fields"] = ["auth_password" if name == "auth_password_ciphertext" else name
+                            for name in change["fields"]]
     key = view.get("idempotency_key")
     if isinstance(key, str) and key.startswith("api:"):
         view["idempotency_key"] = key.removeprefix("api:")
@@ -315,6 +357,80 @@ async def _admit(state: ApiState, org_id: str, request: ProvisionRequest, key: s
                        headers={"Retry-After": "5"} if exc.retryable else None) from None
 
 
+async def _answer(state: ApiState, job_id: str, *, replayed: bool,
+                  prefer: str | None) -> JSONResponse:
+    """Wait for a job as the caller prefers: 202 at once, 202 when the wait runs out, or its
+    finished answer."""
+    asynchronous, wait = _prefers_async(prefer)
+    if asynchronous:
+        job = await _get_job(state, job_id)
+        current = job.state if job else JobState.QUEUED
+        return _accepted(job_id, current, extra_headers={
+            "Preference-Applied": "respond-async",
+            **({"Idempotent-Replayed": "true"} if replayed else {})})
+    timeout = state.api.wait_seconds if wait is None else min(wait, state.api.wait_seconds)
+    job = await _wait(state, job_id, timeout)
+    if job is None:  # deleted under us: say where to look rather than guess
+        return _accepted(job_id, JobState.QUEUED)
+    return await _job_response(state, job, replayed=replayed)
+
+
+def _api_key(idempotency_key: str | None) -> str | None:
+    """The Idempotency-Key as stored (`api:` + key), after checking its form."""
+    if idempotency_key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible "
+                       "ASCII characters", field="Idempotency-Key")
+    return f"api:{idempotency_key}"
+
+
+def _number_error(raw: str) -> FieldError | None:
+    try:
+        canonical_number(raw, strict=False)
+    except ValueError as exc:
+        return FieldError(field="number", message=str(exc), code="value_error")
+    return None
+
+
+def _path_number(raw: str) -> str:
+    """The path's number in E.164, or a 400 naming `number`."""
+    error = _number_error(raw)
+    if error is not None:
+        raise validation_error([error])
+    return canonical_number(raw, strict=False)
+
+
+def _not_found(number: str) -> ApiError:
+    # The same answer for another organisation's number and for one that does not exist.
+    return ApiError(404, "number_not_found",
+                    f"{number[:40]} is not provisioned for this organisation", field="number")
+
+
+def _key_reused(field: str = "Idempotency-Key") -> ApiError:
+    return ApiError(422, "idempotency_key_reused", f"This {field} was already used for "
+                    "another request; use a new key for a different request", field=field)
+
+
+Submit = Callable[[], str]
+
+
+def _submit_lifecycle(state: ApiState, org_id: str, key: str | None,
+                      submit: Submit) -> tuple[str, bool]:
+    """Run an update/release submit; returns (job id, replayed) or raises the API's error.
+
+    `replayed`: the Idempotency-Key already named this job before the call.
+    """
+    seen = state.client.store.find_idempotent(org_id, key) if key is not None else None
+    try:
+        job_id = submit()
+    except IdempotencyConflict:
+        raise _key_reused() from None
+    except InvalidRequest as exc:
+        raise validation_error(exc.errors) from None
+    return job_id, seen is not None and seen[0] == job_id
+
+
 async def _get_job(state: ApiState, job_id: str) -> Job | None:
     return await run_in_threadpool(state.client.store.get, job_id)
 
@@ -356,23 +472,124 @@ async def create_sip_trunk_dispatch(
     _check_content_type(request)
     body = await _read_body(request, state.api.max_body)
     parsed = _validate(state, _parse_json(body))
-    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible "
-                       "ASCII characters", field="Idempotency-Key")
-    key = f"api:{idempotency_key}" if idempotency_key else None
+    key = _api_key(idempotency_key)
     admitted = await _admit(state, org_id, parsed, key, "api", key_field="Idempotency-Key")
-    asynchronous, wait = _prefers_async(prefer)
-    if asynchronous:
-        job = await _get_job(state, admitted.job_id)
-        current = job.state if job else JobState.QUEUED
-        return _accepted(admitted.job_id, current, extra_headers={
-            "Preference-Applied": "respond-async",
-            **({"Idempotent-Replayed": "true"} if not admitted.created else {})})
-    timeout = state.api.wait_seconds if wait is None else min(wait, state.api.wait_seconds)
-    job = await _wait(state, admitted.job_id, timeout)
-    if job is None:  # deleted under us: say where to look rather than guess
-        return _accepted(admitted.job_id, JobState.QUEUED)
-    return _job_response(job, replayed=not admitted.created)
+    return await _answer(state, admitted.job_id, replayed=not admitted.created, prefer=prefer)
+
+
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", description="Retry-safe key: the same key and request return the "
+    "same job and response for 24 h; another request with it is a 422")]
+Prefer = Annotated[str | None, Header(
+    description="`respond-async` answers 202 at once with the job id; `wait=N` waits at most "
+    "N seconds")]
+NumberPath = Annotated[str, Path(description=NUMBER_PATH_DOC, examples=["+15551234567"])]
+
+
+async def list_phone_numbers(
+    request: Request,
+    org_id: Org,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Numbers per page")] = 50,
+    cursor: Annotated[str | None, Query(
+        max_length=12, description="`next_cursor` of the previous page")] = None,
+    agent_name: Annotated[str | None, Query(
+        alias="agentName", max_length=128,
+        description="Only numbers whose inbound calls go to this agent")] = None,
+) -> JSONResponse:
+    """Your organisation's phone numbers, oldest first, a page at a time (no password)."""
+    state = _state(request)
+    if cursor is not None and not _CURSOR.match(cursor):
+        raise validation_error([FieldError(field="cursor", code="value_error", message=(
+            "must be the next_cursor of a previous page"))])
+    page, following = await run_in_threadpool(
+        lambda: state.client.list_numbers(org_id, agent=agent_name or None,
+                                          cursor=int(cursor or 0), limit=limit))
+    body = envelope(f"{len(page)} phone number{'' if len(page) == 1 else 's'}", "success",
+                    [number_view(record) for record in page])
+    body["next_cursor"] = None if following is None else str(following)
+    return JSONResponse(body, headers=NO_STORE)
+
+
+async def get_phone_number(request: Request, org_id: Org, number: NumberPath) -> JSONResponse:
+    """One of your organisation's phone numbers: configuration and LiveKit ids, no password."""
+    state = _state(request)
+    canonical = _path_number(number)
+    try:
+        record = await run_in_threadpool(state.client.get_number, org_id, canonical)
+    except NumberNotFound:
+        raise _not_found(canonical) from None
+    return JSONResponse(envelope("Phone number found", "success", number_view(record)),
+                        headers=NO_STORE)
+
+
+async def update_phone_number(
+    request: Request,
+    org_id: Org,
+    number: NumberPath,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
+) -> JSONResponse:
+    """Change a number in place: any subset of the request's fields except `number`.
+
+    LiveKit's trunks and dispatch rule are updated in place (their ids stay). Waits for the
+    job (bounded) and answers with the number as it now is; 202 with the job id when the wait
+    runs out or with `Prefer: respond-async`. If LiveKit refuses the change, the previous
+    configuration stays and the error says why.
+    """
+    state = _state(request)
+    _content_length_guard(request, state.api.max_body)
+    _check_content_type(request)
+    body = await _read_body(request, state.api.max_body)
+    data = _parse_json(body)
+    errors = [error] if (error := _number_error(number)) is not None else []
+    try:
+        parse_change(data, strict_numbers=state.settings.strict_numbers)
+    except InvalidRequest as exc:
+        errors += exc.errors
+    if errors:
+        raise validation_error(errors)
+    canonical = canonical_number(number, strict=False)
+    key = _api_key(idempotency_key)
+
+    def submit() -> str:
+        return state.client.update(org_id=org_id, number=canonical, changes=data,
+                                   idempotency_key=key, source="api")
+
+    try:
+        job_id, replayed = await run_in_threadpool(_submit_lifecycle, state, org_id, key,
+                                                   submit)
+    except NumberNotFound:
+        raise _not_found(canonical) from None
+    return await _answer(state, job_id, replayed=replayed, prefer=prefer)
+
+
+async def release_phone_number(
+    request: Request,
+    org_id: Org,
+    number: NumberPath,
+    idempotency_key: IdempotencyKey = None,
+    prefer: Prefer = None,
+) -> JSONResponse:
+    """Release a number: delete its dispatch rule, both trunks and its record.
+
+    A number that is already gone is released successfully (`alreadyReleased: true`). Waits
+    for the job like a create; 202 with the job id when the wait runs out or with
+    `Prefer: respond-async`.
+    """
+    state = _state(request)
+    canonical = _path_number(number)
+    key = _api_key(idempotency_key)
+
+    def submit() -> str:
+        return state.client.release(org_id=org_id, number=canonical, idempotency_key=key,
+                                    source="api")
+
+    try:
+        job_id, replayed = await run_in_threadpool(_submit_lifecycle, state, org_id, key,
+                                                   submit)
+    except NumberNotFound:
+        raise _not_found(canonical) from None
+    return await _answer(state, job_id, replayed=replayed, prefer=prefer)
 
 
 async def get_job(request: Request, org_id: Org, job_id: str) -> JSONResponse:
@@ -570,6 +787,38 @@ def create_api(
                           operation_id=operation_id, tags=["provisioning"],
                           response_class=JSONResponse, responses=create_responses,
                           openapi_extra=create_doc)
+    number_responses: dict[int | str, dict[str, Any]] = {
+        200: {"model": PhoneNumberEnvelope, "description": "The number"},
+        **error_responses(400, 401, 404, 429, 503),
+    }
+    accepted: dict[int | str, dict[str, Any]] = {
+        202: {"model": AcceptedEnvelope, "description": "Accepted; still running",
+              "headers": {"Location": {"schema": {"type": "string"},
+                                       "description": "/api/jobs/{job_id}"}}},
+    }
+    app.add_api_route(
+        "/api/phone-numbers", list_phone_numbers, methods=["GET"],
+        operation_id="listPhoneNumbers", tags=["phone numbers"], response_class=JSONResponse,
+        responses={200: {"model": PhoneNumberListEnvelope, "description": "A page"},
+                   **error_responses(400, 401, 429, 503)})
+    app.add_api_route(
+        "/api/phone-numbers/{number}", get_phone_number, methods=["GET"],
+        operation_id="getPhoneNumber", tags=["phone numbers"], response_class=JSONResponse,
+        responses=number_responses)
+    app.add_api_route(
+        "/api/phone-numbers/{number}", update_phone_number, methods=["PATCH"],
+        operation_id="updatePhoneNumber", tags=["phone numbers"], response_class=JSONResponse,
+        responses={**number_responses, **accepted,
+                   **error_responses(400, 401, 404, 413, 415, 422, 429, 502, 503)},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": update_request_schema(),
+            "example": {"authPassword": "new_sip_password"}}}}})
+    app.add_api_route(
+        "/api/phone-numbers/{number}", release_phone_number, methods=["DELETE"],
+        operation_id="releasePhoneNumber", tags=["phone numbers"], response_class=JSONResponse,
+        responses={200: {"model": ReleasedEnvelope, "description": "Released (or already "
+                         "gone)"}, **accepted,
+                   **error_responses(400, 401, 404, 422, 429, 502, 503)})
     app.add_api_route("/api/jobs/{job_id}", get_job, methods=["GET"], operation_id="getJob",
                       tags=["jobs"], response_class=JSONResponse,
                       responses={200: {"model": JobEnvelope, "description": "The job"},

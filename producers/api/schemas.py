@@ -47,6 +47,59 @@ class CreateSipTrunkDispatchRequest(BaseModel):
                                             "2048 bytes), kept with the job")
 
 
+class PhoneNumber(BaseModel):
+    """A provisioned number: its configuration and LiveKit ids, never the password."""
+
+    number: str = Field(examples=["+15551234567"])
+    name: str
+    outboundPstn: str  # noqa: N815 - the seed's wire name
+    transport: Literal["auto", "udp", "tcp", "tls"]
+    authUserName: str  # noqa: N815 - the seed's wire name
+    hasAuthPassword: bool = Field(  # noqa: N815 - camelCase like the request fields
+        description="Whether a SIP password is set (the password itself is never returned)")
+    agentName: str | None  # noqa: N815 - the contract's wire name
+    roomPrefix: str  # noqa: N815 - the contract's wire name
+    allowedAddresses: list[str]  # noqa: N815 - the contract's wire name
+    metadata: dict[str, Any] | None
+    inboundTrunkId: str = Field(examples=["ST_a1b2c3d4e5f6"])  # noqa: N815 - camelCase
+    outboundTrunkId: str  # noqa: N815 - camelCase like the request fields
+    dispatchRuleId: str  # noqa: N815 - camelCase like the request fields
+    phoneNumberId: str  # noqa: N815 - camelCase like the request fields
+    createdAt: str = Field(description="ISO 8601")  # noqa: N815 - camelCase
+    updatedAt: str = Field(description="ISO 8601")  # noqa: N815 - camelCase
+
+
+class PhoneNumberEnvelope(BaseModel):
+    message: str
+    status: Literal["success"]
+    error: None = None
+    data: PhoneNumber
+
+
+class PhoneNumberListEnvelope(BaseModel):
+    message: str
+    status: Literal["success"]
+    error: None = None
+    data: list[PhoneNumber]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on "
+                                    "the last page")
+
+
+class Released(BaseModel):
+    number: str
+    released: Literal[True]
+    alreadyReleased: bool = Field(  # noqa: N815 - camelCase like the request fields
+        description="True when there was nothing left to delete")
+    phoneNumberId: str | None  # noqa: N815 - camelCase like the request fields
+
+
+class ReleasedEnvelope(BaseModel):
+    message: str
+    status: Literal["success"]
+    error: None = None
+    data: Released
+
+
 class ErrorObject(BaseModel):
     code: str = Field(description="Machine-readable error code", examples=["validation_error"])
     message: str
@@ -101,15 +154,31 @@ class HealthEnvelope(BaseModel):
     data: dict[str, Any] | None = None
 
 
+def update_request_schema() -> dict[str, Any]:
+    """PATCH's body: the create request's fields but `number`, none required, at least one."""
+    schema = CreateSipTrunkDispatchRequest.model_json_schema()
+    properties = {name: {k: v for k, v in spec.items() if k != "default"}
+                  for name, spec in schema["properties"].items() if name != "number"}
+    return {
+        "title": "UpdatePhoneNumberRequest",
+        "description": "Any subset of the request's fields except `number`; absent fields keep "
+        "their value, `agentName: null` removes the agent and `metadata: null` clears it.",
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+        "minProperties": 1,
+    }
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Malformed JSON or invalid fields (every field error in error.details)",
         401: "Missing or wrong credentials, or a bad webhook signature",
-        404: "No such job (or another organisation's) or webhook source",
-        409: "The number is provisioned already or a setup for it is in flight",
+        404: "No such job, phone number or webhook source (or another organisation's)",
+        409: "The number is provisioned already or a job for it is in flight",
         413: "Body larger than TRUNKLINE_API_MAX_BODY",
         415: "Body is not JSON",
-        422: "Idempotency key reused with another body, or the job was refused",
+        422: "Idempotency key reused with another request, or LiveKit refused the change",
         429: "Organisation over its rate limit (see Retry-After)",
         502: "LiveKit kept failing; the job failed",
         503: "Redis unreachable; nothing was stored",

@@ -1,5 +1,7 @@
 """Unit-test wiring for the HTTP producer: fakeredis, an in-memory Celery broker, httpx's
-ASGITransport (no sockets), and a fake worker that finishes jobs the moment they are sent."""
+ASGITransport (no sockets), and a fake worker that finishes jobs the moment they are sent:
+either with a made-up outcome, or (`outcome="run"`) by running the real JobRunner and sagas
+against the in-memory fake LiveKit of the worker tests."""
 
 from __future__ import annotations
 
@@ -19,8 +21,12 @@ from fastapi import FastAPI
 from producers.api import ApiSettings, create_api
 from producers.client import ProvisioningClient
 from producers.keys import ApiKeys, CreatedKey
+from tests.worker.fake_livekit import FakeLiveKit
 from worker.config import Settings
-from worker.records import JobError, JobResult, JobState
+from worker.lifecycle import ReleaseSaga, UpdateSaga
+from worker.records import Job, JobError, JobKind, JobResult, JobState
+from worker.runner import JobRunner
+from worker.saga import ProvisioningSaga
 from worker.store import JobStore
 from worker.vault import Vault
 
@@ -40,31 +46,49 @@ def seed(**changes: Any) -> dict[str, Any]:
 
 
 class FakeWorkerClient(ProvisioningClient):
-    """Finishes each new job at once, as `outcome` says: success, a failure code, or nothing."""
+    """Finishes each new job at once, as `outcome` says: success, a failure code, nothing
+    (`None`: the job stays queued), or `"run"`: the real runner on the fake LiveKit."""
 
     outcome: str | None = "succeeded"
     submits: int = 0
+    runner: JobRunner | None = None
 
     def submit(self, **kwargs: Any) -> str:
         type(self).submits += 1
-        job_id = super().submit(**kwargs)
-        job = self.get(job_id)
-        if self.outcome is None or job.state.terminal:
+        return super().submit(**kwargs)
+
+    def _store_and_enqueue(self, job: Job, idempotency_key: str | None) -> str:
+        job_id = super()._store_and_enqueue(job, idempotency_key)
+        stored = self.get(job_id)
+        if self.outcome is None or stored.state.terminal:
             return job_id
+        if self.outcome == "run":
+            assert self.runner is not None
+            for _ in range(10):  # retries (a locked number, a transient fault) run at once
+                self.runner.run(job_id)
+                if self.get(job_id).state.terminal:
+                    break
+            return job_id
+        self._finish(stored)
+        return job_id
+
+    def _finish(self, job: Job) -> None:
+        """A made-up terminal state, written as the core's finish would (out of in-flight)."""
+        job_id = job.job_id
         if self.outcome == "succeeded":
             job.state = JobState.SUCCEEDED
-            job.result = JobResult(number=kwargs["request"].number,
+            job.result = JobResult(number=job.number,
                                    inbound_trunk_id="ST_" + job_id[-12:],
                                    outbound_trunk_id="ST_out" + job_id[-9:],
                                    dispatch_rule_id="SDR_" + job_id[-12:],
                                    phone_number_id="pn_" + job_id[-12:])
         else:
             job.state = JobState.FAILED
-            job.error = JobError(code=self.outcome, message=f"failed: {self.outcome}",
+            job.error = JobError(code=str(self.outcome), message=f"failed: {self.outcome}",
                                  retryable=False, field="number")
         job.finished_at = datetime.now(UTC)
         self.redis.set(self.store.keys.job(job_id), job.model_dump_json())
-        return job_id
+        self.redis.zrem(self.store.keys.in_flight(job.number), job_id)
 
 
 @dataclass
@@ -82,6 +106,7 @@ class Harness:
     client: FakeWorkerClient
     keys: ApiKeys
     clock: list[float]
+    fake: FakeLiveKit
     made_keys: dict[str, CreatedKey] = field(default_factory=dict)
 
     def key(self, org: str = "org_a") -> CreatedKey:
@@ -118,6 +143,12 @@ class Harness:
         return self.request("POST", CREATE, json_body=seed() if body is None else body,
                             **kwargs)
 
+    def job(self, job_id: str) -> Job:
+        return self.client.get(job_id)
+
+    def jobs(self, org: str = "org_a") -> list[Job]:
+        return [self.job(job_id) for job_id in self.job_ids(org)]
+
     def job_ids(self, org: str = "org_a") -> list[str]:
         redis: Any = self.redis
         members = redis.zrange(self.client.store.keys.jobs_by_org(org), 0, -1)
@@ -137,6 +168,7 @@ HarnessFactory = Callable[..., Harness]
 @pytest.fixture
 def make_harness() -> Iterator[HarnessFactory]:
     made: list[Harness] = []
+    closers: list[Callable[[], None]] = []
 
     def make(outcome: str | None = "succeeded", *, server: fakeredis.FakeServer | None = None,
              settings: Settings | None = None, **api: Any) -> Harness:
@@ -144,8 +176,18 @@ def make_harness() -> Iterator[HarnessFactory]:
         redis = fakeredis.FakeRedis(server=server or fakeredis.FakeServer())
         settings = settings or Settings(secret_keys=(key,))
         broker = Celery("unit", broker="memory://", set_as_current=False)
-        client_class = type("Client", (FakeWorkerClient,), {"outcome": outcome, "submits": 0})
-        client = client_class(JobStore(redis), Vault(settings.secret_keys), broker, settings)
+        store = JobStore(redis)
+        vault = Vault(settings.secret_keys)
+        fake = FakeLiveKit()
+        livekit, http = fake.client()
+        saga = ProvisioningSaga(livekit, store, vault)
+        closers.extend((saga.close, http.close))
+        runner = JobRunner(store, saga, settings, rand=lambda: 0.0, lifecycle={
+            JobKind.UPDATE: UpdateSaga(livekit, store, vault),
+            JobKind.RELEASE: ReleaseSaga(livekit, store)})
+        client_class = type("Client", (FakeWorkerClient,),
+                            {"outcome": outcome, "submits": 0, "runner": runner})
+        client = client_class(store, vault, broker, settings)
         clock = [1_700_000_000.0]
         api_settings = ApiSettings(**{"wait_seconds": 0.3, "rate_limit": 1000, **api})
         def ping() -> None:
@@ -153,11 +195,13 @@ def make_harness() -> Iterator[HarnessFactory]:
 
         app = create_api(settings, api_settings, client=client, probes={"redis": ping},
                          clock=lambda: clock[0])
-        harness = Harness(app, redis, client, ApiKeys(redis, iterations=1000), clock)
+        harness = Harness(app, redis, client, ApiKeys(redis, iterations=1000), clock, fake)
         made.append(harness)
         return harness
 
     yield make
+    for close in closers:
+        close()
     for harness in made:
         harness.redis.close()
 

@@ -277,12 +277,30 @@ def test_finished_job_frees_the_in_flight_mark(make_harness: HarnessFactory) -> 
     assert len(harness.all_job_keys()) == 2
 
 
-def test_core_number_lock_is_in_flight(harness: Harness) -> None:
-    """A worker holding the core's number lock makes the number in flight."""
-    assert harness.client.store.acquire_number_lock("+15551234567", "tok", 30)
+def test_a_job_from_another_producer_is_in_flight(make_harness: HarnessFactory) -> None:
+    """A job stored by the Python client (not the API) is in the core's in-flight index, and
+    the API refuses a create for its number; the API keeps no in-flight keys of its own."""
+    harness = make_harness(outcome=None)
+    job_id = harness.client.submit(org_id="org_b", request=seed(), source="client")
+    assert harness.client.store.jobs_in_flight("+15551234567") == [job_id]
     answer = harness.create()
     assert answer.status == 409
     assert answer.body["error"]["code"] == "setup_in_flight"
+    assert job_id not in answer.text
+    assert list(harness.redis.scan_iter(match="trunkline:api:inflight:*")) == []
+    assert harness.job_ids("org_a") == []
+
+
+def test_a_stale_in_flight_entry_does_not_block(make_harness: HarnessFactory) -> None:
+    """An in-flight id whose job is already terminal (or gone) never blocks a number."""
+    harness = make_harness(outcome=None)
+    job_id = harness.client.submit(org_id="org_a", request=seed())
+    job = harness.job(job_id)
+    job.state = JobState.FAILED
+    harness.redis.set(harness.client.store.keys.job(job_id), job.model_dump_json())
+    harness.redis.zadd(harness.client.store.keys.in_flight("+15551234567"), {"job_gone": 1})
+    assert harness.client.store.jobs_in_flight("+15551234567") == ["job_gone", job_id]
+    assert harness.create(headers={"Prefer": "respond-async"}).status == 202
 
 
 # --------------------------------------------------------------------------- 413 / 415
@@ -443,6 +461,7 @@ def test_openapi_documents_every_route(harness: Harness) -> None:
     spec = harness.request("GET", "/openapi.json", org=None).body
     assert set(spec["paths"]) == {"/api/sio/createSipTrunkDispatch",
                                   "/api/sip/createSipTrunkDispatch", "/api/jobs/{job_id}",
+                                  "/api/phone-numbers", "/api/phone-numbers/{number}",
                                   "/webhooks/crm/{source}", "/healthz", "/readyz"}
     create = spec["paths"][CREATE]["post"]
     schema = create["requestBody"]["content"]["application/json"]["schema"]

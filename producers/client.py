@@ -37,7 +37,7 @@ from worker.records import (
     new_job_id,
 )
 from worker.runtime import redis_client
-from worker.store import JobStore
+from worker.store import IdempotencyConflict, JobStore
 from worker.vault import Vault
 
 __all__ = ["JobNotFound", "NumberNotFound", "ProvisioningClient", "WaitTimeout"]
@@ -133,19 +133,28 @@ class ProvisioningClient:
         """
         canonical = self._canonical(number)
         change = parse_change(dict(changes), strict_numbers=self.settings.strict_numbers)
-        self.get_number(org_id, canonical)
         material = {
             "update": canonical,
             "changes": {k: v for k, v in change.values.fingerprint_material().items()
                         if _ALIAS_TO_NAME.get(k, k) in change.fields},
         }
+        fingerprint = self.vault.fingerprint(material)
+        # A repeated request is answered by its first job even if the number changed since
+        # (e.g. was released): the key, not the current state, decides.
+        if idempotency_key is not None:
+            seen = self.store.find_idempotent(org_id, idempotency_key)
+            if seen is not None:
+                if seen[1] != fingerprint:
+                    raise IdempotencyConflict(seen[0])
+                return seen[0]
+        self.get_number(org_id, canonical)
         job = Job(
             job_id=new_job_id(),
             org_id=org_id,
             kind=JobKind.UPDATE,
             number=canonical,
             change=StoredChange.seal(change, self.vault),
-            request_fingerprint=self.vault.fingerprint(material),
+            request_fingerprint=fingerprint,
             idempotency_key=idempotency_key,
             source=source,
         )

@@ -270,9 +270,13 @@ class Job(BaseModel):
             if data.get(part) is not None:
                 ciphertext = data[part].pop("auth_password_ciphertext", None)
                 data[part]["has_auth_password"] = ciphertext is not None
-        if self.kind is JobKind.UPDATE and data.get("change") is not None:
-            data["change"]["has_auth_password"] = self.change is not None and (
-                "auth_password_ciphertext" in self.change.fields)
+        if self.kind is JobKind.UPDATE and self.change is not None:
+            # Name the changed fields as the request did: the password field, not its cipher.
+            data["change"]["has_auth_password"] = "auth_password_ciphertext" in self.change.fields
+            data["change"]["fields"] = [
+                "auth_password" if name == "auth_password_ciphertext" else name
+                for name in self.change.fields
+            ]
         return data
 
 

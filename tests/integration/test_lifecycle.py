@@ -19,7 +19,7 @@ from tests.integration.conftest import (
 from tests.support.faultproxy import Action, FaultProxy, Rule
 from worker.livekit import LiveKitSIP, SIPTransport
 from worker.records import JobResult, JobState
-from worker.store import RESULTS_STREAM, JobStore
+from worker.store import RESULTS_STREAM, IdempotencyConflict, JobStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean")]
 
@@ -173,3 +173,25 @@ def test_other_organisations_can_neither_read_change_nor_release(
     assert "auth_password_ciphertext" not in views
     assert '"has_auth_password": true' in views
     assert everything_on_livekit(livekit)["inbound"] == [ids.inbound_trunk_id]
+
+
+def test_a_repeated_update_is_answered_by_its_first_job_even_after_a_release(
+    worker_factory: WorkerFactory, client: ProvisioningClient,
+) -> None:
+    """The idempotency key decides, not the number's current state."""
+    worker_factory()
+    provision(client)
+    first = client.update(org_id="org_a", number="+15551234567",
+                          changes={"authPassword": "rotated"}, idempotency_key="rot-1")
+    assert client.wait(first, 60).state is JobState.SUCCEEDED
+    assert client.wait(client.release(org_id="org_a", number="+15551234567"),
+                       60).state is JobState.SUCCEEDED
+    again = client.update(org_id="org_a", number="+15551234567",
+                          changes={"authPassword": "rotated"}, idempotency_key="rot-1")
+    assert again == first
+    with pytest.raises(IdempotencyConflict):
+        client.update(org_id="org_a", number="+15551234567",
+                      changes={"authPassword": "other"}, idempotency_key="rot-1")
+    with pytest.raises(NumberNotFound):
+        client.update(org_id="org_a", number="+15551234567",
+                      changes={"authPassword": "rotated"}, idempotency_key="rot-2")

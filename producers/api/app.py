@@ -43,6 +43,7 @@ from producers.api.errors import (
     install_error_handlers,
     validation_error,
 )
+from producers.api.metrics import MetricsMiddleware, metrics_endpoint
 from producers.api.schemas import (
     AcceptedEnvelope,
     CreatedEnvelope,
@@ -834,6 +835,9 @@ def create_api(
                        "to the request fields by the source's configuration"}}}}},
     )
     _require_both_credentials(app)
+    app.add_middleware(MetricsMiddleware)
+    app.add_api_route("/metrics", metrics_endpoint(client.store), methods=["GET"],
+                      include_in_schema=False)
     for path, endpoint in (("/healthz", healthz), ("/readyz", readyz)):
         route_endpoint: Callable[..., Awaitable[JSONResponse]] = endpoint
         app.add_api_route(path, route_endpoint, methods=["GET"], tags=["health"],

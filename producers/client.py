@@ -11,6 +11,7 @@ message is sent, and the message carries only the job id.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Mapping
 from typing import Any, cast
@@ -51,6 +52,19 @@ class NumberNotFound(LookupError):
     def __init__(self, number: str) -> None:
         self.number = number
         super().__init__(f"{number} is not provisioned for this organisation")
+
+
+def _encode_cursor(score: float, number: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r} {number}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, number = raw.split(" ", 1)
+        return float(score), number
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("not a cursor this API returned") from None
 
 
 _ALIAS_TO_NAME = {
@@ -196,25 +210,34 @@ class ProvisioningClient:
         return record
 
     def list_numbers(
-        self, org_id: str, *, agent: str | None = None, cursor: int = 0, limit: int = 50
-    ) -> tuple[list[PhoneNumberRecord], int | None]:
-        """A page of the organisation's numbers, oldest first; returns (page, next cursor)."""
-        page: list[PhoneNumberRecord] = []
+        self, org_id: str, *, agent: str | None = None, cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[PhoneNumberRecord], str | None]:
+        """A page of the organisation's numbers, oldest first; returns (page, next cursor).
+
+        The cursor names the last number seen (creation time, number), so numbers released
+        or added between two pages neither shift nor repeat the ones after it. Raises
+        ValueError for a cursor this method did not make.
+        """
+        after_score, after_number = _decode_cursor(cursor) if cursor else (float("-inf"), "")
         key = self.store.keys.numbers_by_org(org_id)
-        position = cursor
-        while len(page) < limit:
-            batch = cast(list[bytes], self.store.redis.zrange(key, position, position + limit - 1))
-            if not batch:
+        page: list[PhoneNumberRecord] = []
+        while True:
+            batch = cast(list[tuple[bytes, float]], self.store.redis.zrangebyscore(
+                key, after_score, "+inf", start=0, num=limit + 1, withscores=True))
+            # Equal scores come back ordered by member: skip up to the last one seen.
+            fresh = [(m.decode(), s) for m, s in batch
+                     if s > after_score or m.decode() > after_number]
+            if not fresh:
                 return page, None
-            for member in batch:
-                position += 1
-                record = self.store.get_number(member.decode())
-                if record is not None and (agent is None or record.agent_name == agent):
+            for number, score in fresh:
+                if len(page) == limit:
+                    return page, _encode_cursor(after_score, after_number)
+                after_score, after_number = score, number
+                record = self.store.get_number(number)
+                if record is not None and record.org_id == org_id and (
+                        agent is None or record.agent_name == agent):
                     page.append(record)
-                    if len(page) == limit:
-                        break
-        more = self.store.redis.zcard(key) > position
-        return page, position if more else None
 
     def _canonical(self, number: str) -> str:
         try:

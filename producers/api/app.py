@@ -87,7 +87,6 @@ ADMIT_WAIT_SECONDS = 15.0
 MAX_PAGE = 100
 _JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-_CURSOR = re.compile(r"^[0-9]{1,12}$")
 NUMBER_PATH_DOC = ("The phone number in E.164, URL-encoded: `%2B15551234567` for +15551234567 "
                    "(spaces, dashes and parentheses are ignored)")
 _ACCEPTED_TYPES = {
@@ -492,22 +491,23 @@ async def list_phone_numbers(
     org_id: Org,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Numbers per page")] = 50,
     cursor: Annotated[str | None, Query(
-        max_length=12, description="`next_cursor` of the previous page")] = None,
+        max_length=200, description="`next_cursor` of the previous page")] = None,
     agent_name: Annotated[str | None, Query(
         alias="agentName", max_length=128,
         description="Only numbers whose inbound calls go to this agent")] = None,
 ) -> JSONResponse:
     """Your organisation's phone numbers, oldest first, a page at a time (no password)."""
     state = _state(request)
-    if cursor is not None and not _CURSOR.match(cursor):
+    try:
+        page, following = await run_in_threadpool(
+            lambda: state.client.list_numbers(org_id, agent=agent_name or None,
+                                              cursor=cursor, limit=limit))
+    except ValueError:
         raise validation_error([FieldError(field="cursor", code="value_error", message=(
-            "must be the next_cursor of a previous page"))])
-    page, following = await run_in_threadpool(
-        lambda: state.client.list_numbers(org_id, agent=agent_name or None,
-                                          cursor=int(cursor or 0), limit=limit))
+            "must be the next_cursor of a previous page"))]) from None
     body = envelope(f"{len(page)} phone number{'' if len(page) == 1 else 's'}", "success",
                     [number_view(record) for record in page])
-    body["next_cursor"] = None if following is None else str(following)
+    body["next_cursor"] = following
     return JSONResponse(body, headers=NO_STORE)
 
 

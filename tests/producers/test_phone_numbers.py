@@ -141,12 +141,18 @@ def test_bad_list_parameters_are_400(harness: Harness, query: str, field: str) -
     assert answer.body["error"]["field"] == field
 
 
-def test_a_cursor_past_the_end_is_an_empty_last_page(live: Harness) -> None:
-    provision(live)
-    answer = live.request("GET", f"{LIST}?cursor=999999999999")
-    assert answer.status == 200
-    assert answer.body["data"] == []
-    assert answer.body["next_cursor"] is None
+def test_a_release_between_pages_skips_nothing(live: Harness) -> None:
+    """The cursor names the last number seen, so removing an earlier one shifts nothing."""
+    numbers = ["+15551234561", "+15551234562", "+15551234563"]
+    for number in numbers:
+        provision(live, number=number)
+    first = live.request("GET", f"{LIST}?limit=2")
+    assert [n["number"] for n in first.body["data"]] == numbers[:2]
+    released = live.request("DELETE", f"{LIST}/%2B15551234561")
+    assert released.status == 200, released.body
+    second = live.request("GET", f"{LIST}?limit=2&cursor={first.body['next_cursor']}")
+    assert [n["number"] for n in second.body["data"]] == numbers[2:]
+    assert second.body["next_cursor"] is None
 
 
 @pytest.mark.parametrize(("method", "path"), [("GET", LIST), ("GET", PATH), ("PATCH", PATH),

@@ -89,7 +89,7 @@ def api_serve(
     port: int = typer.Option(8000, "--port", help="TCP port to listen on."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
-    """Serve the HTTP API (createSipTrunkDispatch, jobs, CRM webhooks) with uvicorn."""
+    """Serve the HTTP API (createSipTrunkDispatch, jobs, phone numbers, CRM webhooks, metrics)."""
     import uvicorn
 
     from producers.api import ApiSettings, create_api

@@ -93,6 +93,7 @@ def api_serve(
     import uvicorn
 
     from producers.api import ApiSettings, create_api
+    from worker.observability import configure_logging
 
     try:
         settings = Settings.from_env()
@@ -101,8 +102,10 @@ def api_serve(
     except ConfigError as exc:
         _fail(str(exc))
         return
+    # log_config=None: uvicorn's loggers go through our JSON formatter like the worker's.
+    configure_logging()
     uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=True,
-                server_header=False, proxy_headers=False)
+                server_header=False, proxy_headers=False, log_config=None)
 
 
 def _api_keys() -> ApiKeys:

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import structlog
 from prometheus_client import (
@@ -66,7 +67,7 @@ def configure_logging(env: Mapping[str, str] | None = None) -> None:
         else structlog.processors.JSONRenderer()
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_color_message],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -76,6 +77,14 @@ def configure_logging(env: Mapping[str, str] | None = None) -> None:
     root.setLevel(level)
     # httpx logs every request line at INFO; our client logs what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _drop_color_message(
+    logger: Any, method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    # uvicorn adds an ANSI-coloured copy of each message; JSON readers want one.
+    event.pop("color_message", None)
+    return event
 
 
 bound_job = structlog.contextvars.bound_contextvars

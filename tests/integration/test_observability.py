@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from producers import ProvisioningClient
+from tests.integration.apiserver import start_api
 from tests.integration.conftest import SEED_REQUEST, Stack, WorkerFactory
 from worker.livekit import InboundTrunk, LiveKitSIP
 from worker.records import JobState, StepName
@@ -90,3 +91,16 @@ def test_beat_schedules_reconcile_and_its_findings_reach_metrics(
         beat.wait(10)
     assert 'trunkline_reconcile_findings{kind="orphans"} 1.0' in metrics, worker.read_log()[-2000:]
     assert 'trunkline_reconcile_findings{kind="missing"} 0.0' in metrics
+
+
+def test_api_logs_are_json_too(stack: Stack, tmp_path: Path) -> None:
+    """`trunkline api` logs through the same JSON formatter, access lines included."""
+    server = start_api(stack, tmp_path / "api.log")
+    try:
+        assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+        time.sleep(0.5)
+    finally:
+        server.stop()
+    records = [json.loads(line) for line in server.log().splitlines() if line.strip()]
+    assert any(r["logger"] == "uvicorn.access" and "GET /healthz" in r["event"] for r in records)
+    assert not any("color_message" in r for r in records)

@@ -16,7 +16,7 @@ TEST_STACK := TRUNKLINE_STACK_DIR=$(CURDIR)/.stack/test TRUNKLINE_REDIS_PORT=639
 	LIVEKIT_PORT=7890 TRUNKLINE_LIVEKIT_UDP_PORT=7892
 
 .PHONY: help install run api-key worker stack-up stack-down stack-status test unit integration lint \
-	typecheck clean e2e
+	typecheck clean e2e bench
 
 help:
 	@echo "make run          start redis-server, livekit-server, a worker and the API (foreground)"
@@ -93,3 +93,9 @@ e2e: $(STAMP)
 	TRUNKLINE_STACK_DIR=$(CURDIR)/.stack/e2e TRUNKLINE_REDIS_PORT=6395 LIVEKIT_PORT=7896 \
 		TRUNKLINE_LIVEKIT_UDP_PORT=7898 TRUNKLINE_SIP_PORT=5096 \
 		TRUNKLINE_SIP_RTP_PORTS=20900-20959 $(BIN)/python -m pytest -m e2e -q tests/e2e
+
+# The benchmark (bench/README.md): the pipeline against direct LiveKit calls, with workers,
+# a Redis database (3) and a cleanup of its own; on the local stack unless REDIS_URL and
+# LIVEKIT_* are set. Extra flags: make bench BENCH_ARGS="--jobs 500 --rss-jobs 2000".
+bench: $(STAMP)
+	$(BIN)/python -m bench --json bench/results/latest.json $(BENCH_ARGS)

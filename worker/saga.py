@@ -247,9 +247,10 @@ class ProvisioningSaga:
                 _mark_done(job.step(name), *future.result())
             except BaseException as exc:
                 first_error = first_error or exc
-        checkpoint(job)
         if first_error is not None:
+            checkpoint(job)  # record what did get created, for compensation
             raise first_error
+        # On success the next recovery point (the rule's) records both ids: one write fewer.
 
     def _create_inbound(self, job: Job) -> tuple[str, bool]:
         """Create the inbound trunk; returns (id, adopted)."""
@@ -297,7 +298,8 @@ class ProvisioningSaga:
         _mark_started(step)
         checkpoint(job)
         _mark_done(step, *self._create_rule(job))
-        checkpoint(job)
+        # No write here: the record and the job's terminal write follow, and a run that dies
+        # in between finds the rule `started` and adopts it.
 
     def _rule_definition(self, job: Job) -> DispatchRule:
         return dispatch_rule_for(
@@ -345,16 +347,15 @@ class ProvisioningSaga:
             allowed_addresses=request.allowed_addresses,
             metadata=request.metadata,
         )
-        if step.status is not StepStatus.STARTED:
-            _mark_started(step)
-            checkpoint(job)
+        # put_number is atomic and idempotent for this job, and compensation deletes the record
+        # whatever this step's status says, so no recovery point is needed around it.
+        _mark_started(step)
         try:
             with STEP_SECONDS.labels(StepName.PHONE_NUMBER.value).time():
                 stored = self.store.put_number(record, token)
         except NumberTaken as taken:
             raise _taken(job, taken.record) from None
         _mark_done(step, stored.phone_number_id)
-        checkpoint(job)
         return stored
 
     # --- adoption ----------------------------------------------------------------------
@@ -395,10 +396,13 @@ class ProvisioningSaga:
     def compensate(self, job: Job, token: str, checkpoint: Checkpoint) -> None:
         """Delete what this job created, newest first. Idempotent; raises on transient errors."""
         record = job.step(StepName.PHONE_NUMBER)
-        if record.status in (StepStatus.STARTED, StepStatus.DONE):
+        if record.status is not StepStatus.COMPENSATED:
+            # The record's step is not checkpointed (see _record): delete it if it is ours,
+            # whatever the status says.
             self.store.delete_number_if_owned(job.number, job.org_id, job.job_id, token)
-            _mark_compensated(record)
-            checkpoint(job)
+            if record.status is not StepStatus.PENDING:
+                _mark_compensated(record)
+                checkpoint(job)
 
         rule = job.step(StepName.DISPATCH_RULE)
         if rule.status in (StepStatus.STARTED, StepStatus.DONE):

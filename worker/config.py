@@ -128,7 +128,9 @@ class Settings:
     # and both must end well before the broker would redeliver the message.
     @property
     def task_time_limit(self) -> float:
-        return min(600.0, self.visibility_timeout * 0.5)
+        # A run makes a handful of LiveKit calls of at most TRUNKLINE_LIVEKIT_TIMEOUT each; two
+        # minutes is ample, and it bounds how long a killed run's lock keeps its number.
+        return min(120.0, self.visibility_timeout * 0.5)
 
     @property
     def task_soft_time_limit(self) -> float:
@@ -136,7 +138,7 @@ class Settings:
 
     @property
     def lease_seconds(self) -> float:
-        return min(660.0, self.visibility_timeout * 0.6)
+        return min(144.0, self.visibility_timeout * 0.6)
 
     @property
     def effective_backoff_cap(self) -> float:

@@ -213,8 +213,9 @@ def test_pool_child_killed_alone_requeues_its_job(
     worker_factory: WorkerFactory, client: ProvisioningClient, livekit: LiveKitSIP,
     redis_db: redis.Redis,
 ) -> None:
-    """A SIGKILLed pool child alone (the parent survives) requeues its message at once."""
-    worker = worker_factory(concurrency=1)
+    """A SIGKILLed pool child alone (the parent survives): its job runs again once its lease
+    on the number ends (12 s with V=20), and completes."""
+    worker = worker_factory(concurrency=1, TRUNKLINE_VISIBILITY_TIMEOUT="20")
     job_ids = submit_all(client, "org_child", numbers(5, 990))
     time.sleep(0.2)
     assert worker.proc is not None

@@ -167,10 +167,10 @@ def test_derived_timings_for_twenty_seconds() -> None:
 
 
 def test_derived_timings_for_an_hour() -> None:
-    """With V=3600 the absolute ceilings apply: 600s run, 660s lease, the 300s configured cap."""
+    """With V=3600 the absolute ceilings apply: 120s run, 144s lease, the 300s configured cap."""
     s = Settings.from_env({"TRUNKLINE_VISIBILITY_TIMEOUT": "3600"})
-    assert s.task_time_limit == 600.0
-    assert s.lease_seconds == 660.0
+    assert s.task_time_limit == 120.0
+    assert s.lease_seconds == 144.0
     assert s.effective_backoff_cap == 300.0
     assert s.submit_grace == 30.0
     assert s.sweep_interval == 30.0

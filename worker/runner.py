@@ -201,7 +201,9 @@ class JobRunner:
         except LeaseLost:
             raise
         except Exception as exc:
-            info = classify(exc)
+            # An interruption (soft time limit) is retried here as on the forward path.
+            info = classify(RunInterrupted(type(exc).__name__)
+                            if isinstance(exc, self.interruptions) else exc)
             if info.retryable and job.compensation_attempts < limit:
                 delay = backoff(job.compensation_attempts + 1, self.policy, self.rand)
                 log.warning("job %s compensation failed (%s); retry in %.1fs", job.job_id,

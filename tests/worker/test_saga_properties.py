@@ -21,10 +21,8 @@ canary password is in no Redis key or value, log record or error message.
 A delivery stopped at its very first recovery point (right after it counted its attempt)
 does not bring its job closer to the end; the bounds allow for those.
 
-One combination is left out of the generated input for now: a soft time limit while the job
-compensates. The runner then abandons the compensation and leaves LiveKit objects behind (a
-bug; test_soft_time_limit_during_compensation_is_retried_not_abandoned at the bottom shows it
-and fails until it is fixed; SOFT_LIMIT_IN_COMPENSATION = True lets the properties find it).
+These properties found that a soft time limit during compensation made the runner abandon
+the compensation and leave LiveKit objects behind; the test at the bottom pins the fix down.
 
 No sockets: fakeredis and httpx.MockTransport. Reproducible: derandomized, no example database.
 """
@@ -340,21 +338,13 @@ fault_kinds = st.sampled_from(("ok", "ok", *FAULT_KINDS))
 fault_plans = st.fixed_dictionaries(
     {method: st.lists(fault_kinds, max_size=3) for method in SAGA_METHODS}
 )
-# A soft time limit inside compensation makes the runner abandon the compensation (a bug:
-# see test_soft_time_limit_during_compensation_is_retried_not_abandoned). Until it is fixed
-# the properties leave that one combination to the focused test, so that they keep checking
-# everything else; set this to True to let them find it too.
-SOFT_LIMIT_IN_COMPENSATION = False
-COMPENSATION_INTERRUPTIONS = ("soft", "kill", "nest") if SOFT_LIMIT_IN_COMPENSATION else (
-    "kill", "nest")
-
 # A forward run has up to 12 recovery points (fewer when it fails), a compensating run up to 6.
 interruptions = st.one_of(
     st.builds(Interruption, at=st.integers(min_value=1, max_value=12),
               how=st.sampled_from(("soft", "kill", "nest")), phase=st.just(Phase.PROVISION),
               other=st.integers(min_value=0, max_value=len(NUMBERS) - 1)),
     st.builds(Interruption, at=st.integers(min_value=1, max_value=6),
-              how=st.sampled_from(COMPENSATION_INTERRUPTIONS), phase=st.just(Phase.COMPENSATE),
+              how=st.sampled_from(("soft", "kill", "nest")), phase=st.just(Phase.COMPENSATE),
               other=st.integers(min_value=0, max_value=len(NUMBERS) - 1)),
 )
 delivery_plans = st.lists(st.one_of(st.none(), interruptions, interruptions), min_size=1,
@@ -559,15 +549,14 @@ def test_jobs_for_different_numbers_interleaved(
 
 
 def test_soft_time_limit_during_compensation_is_retried_not_abandoned() -> None:
-    """BUG (worker/runner.py, JobRunner._compensate): the worker's interruption (Celery's
-    SoftTimeLimitExceeded, passed as `interruptions`) is honoured only on the forward path.
-    Raised while compensation runs, it is classified like any unexpected exception
-    (`internal_error`, not retryable), so the runner gives the compensation up at once,
-    records `leftovers` and finishes the job FAILED: both trunks stay on LiveKit although a
-    second delivery would have deleted them. An interrupted compensation should be retried
-    like a transiently failing one (the forward path retries it as `run_interrupted`).
-
-    Found by the properties above with SOFT_LIMIT_IN_COMPENSATION = True.
+    """Found by the properties above (a job whose rule LiveKit refuses, interrupted at the
+    second recovery point of its compensation): the worker's interruption (Celery's
+    SoftTimeLimitExceeded, passed as `interruptions`) was honoured only on the forward path.
+    Raised while compensation ran, it was classified like any unexpected exception
+    (`internal_error`, not retryable), so the runner gave the compensation up at once,
+    recorded `leftovers` and finished the job FAILED with both trunks left on LiveKit,
+    although the next delivery would have deleted them. It must be retried like a
+    transiently failing compensation.
     """
     h = Harness()
     try:

@@ -22,7 +22,9 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LIVEKIT_URL = "http://127.0.0.1:7880"
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int,
+            maximum: int | None = None) -> int:
+    """An integer setting, or ConfigError naming the variable and its allowed range."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -30,12 +32,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    _check_range(name, value, minimum, maximum)
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+def env_float(env: Mapping[str, str], name: str, default: float, minimum: float,
+              maximum: float | None = None) -> float:
+    """A finite number setting, or ConfigError naming the variable and its allowed range."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -45,9 +48,15 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {raw!r}")
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def _check_range(name: str, value: float, minimum: float, maximum: float | None) -> None:
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -86,7 +95,7 @@ class Settings:
         env = os.environ if env is None else env
         raw_keys = env.get("TRUNKLINE_SECRET_KEYS", "").split(",")
         keys = tuple(k.strip() for k in raw_keys if k.strip())
-        visibility = _int(env, "TRUNKLINE_VISIBILITY_TIMEOUT", 3600, minimum=10)
+        visibility = env_int(env, "TRUNKLINE_VISIBILITY_TIMEOUT", 3600, minimum=10)
         return cls(
             redis_url=env.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL,
             livekit_url=env.get("LIVEKIT_URL", "").strip() or DEFAULT_LIVEKIT_URL,
@@ -94,15 +103,16 @@ class Settings:
             livekit_api_secret=env.get("LIVEKIT_API_SECRET", "").strip(),
             secret_keys=keys,
             visibility_timeout=visibility,
-            max_attempts=_int(env, "TRUNKLINE_MAX_ATTEMPTS", 10, minimum=1),
-            backoff_base=_float(env, "TRUNKLINE_BACKOFF_BASE", 1.0, minimum=0.01),
-            backoff_cap=_float(env, "TRUNKLINE_BACKOFF_MAX", 300.0, minimum=0.01),
-            livekit_timeout=_float(env, "TRUNKLINE_LIVEKIT_TIMEOUT", 10.0, minimum=0.1),
+            max_attempts=env_int(env, "TRUNKLINE_MAX_ATTEMPTS", 10, minimum=1),
+            backoff_base=env_float(env, "TRUNKLINE_BACKOFF_BASE", 1.0, minimum=0.01),
+            backoff_cap=env_float(env, "TRUNKLINE_BACKOFF_MAX", 300.0, minimum=0.01),
+            livekit_timeout=env_float(env, "TRUNKLINE_LIVEKIT_TIMEOUT", 10.0, minimum=0.1),
             strict_numbers=_bool(env, "TRUNKLINE_STRICT_NUMBERS", False),
-            results_maxlen=_int(env, "TRUNKLINE_RESULTS_MAXLEN", 100_000, minimum=100),
+            results_maxlen=env_int(env, "TRUNKLINE_RESULTS_MAXLEN", 100_000, minimum=100),
             queue=env.get("TRUNKLINE_QUEUE", "").strip() or "trunkline.provision",
-            metrics_port=_int(env, "TRUNKLINE_METRICS_PORT", 0, minimum=0) or None,
-            reconcile_interval=_int(env, "TRUNKLINE_RECONCILE_INTERVAL", 3600, minimum=0),
+            metrics_port=env_int(env, "TRUNKLINE_METRICS_PORT", 0, minimum=0,
+                                 maximum=65535) or None,
+            reconcile_interval=env_int(env, "TRUNKLINE_RECONCILE_INTERVAL", 3600, minimum=0),
         )
 
     def require_livekit(self) -> None:

@@ -12,35 +12,14 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from producers.webhooks import DEFAULT_TOLERANCE_SECONDS, WebhookSource, parse_sources
-from worker.config import ConfigError
+from worker.config import ConfigError, env_float, env_int
 
 DEFAULT_MAX_BODY = 1024 * 1024
-
-
-def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or not low <= value <= high:
-        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
-    return value
-
-
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    value = _number(env, name, default, low, high)
-    if value != int(value):
-        raise ConfigError(f"{name} must be a whole number, got {env.get(name)!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -60,11 +39,11 @@ class ApiSettings:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return cls(
-            wait_seconds=_number(env, "TRUNKLINE_API_WAIT_SECONDS", 30.0, 0.0, 600.0),
-            max_body=_integer(env, "TRUNKLINE_API_MAX_BODY", DEFAULT_MAX_BODY, 1024, 64 << 20),
-            rate_limit=_integer(env, "TRUNKLINE_API_RATE_LIMIT", 60, 0, 10**9),
+            wait_seconds=env_float(env, "TRUNKLINE_API_WAIT_SECONDS", 30.0, 0.0, 600.0),
+            max_body=env_int(env, "TRUNKLINE_API_MAX_BODY", DEFAULT_MAX_BODY, 1024, 64 << 20),
+            rate_limit=env_int(env, "TRUNKLINE_API_RATE_LIMIT", 60, 0, 10**9),
             webhook_sources=sources,
-            webhook_tolerance=_integer(env, "TRUNKLINE_WEBHOOK_TOLERANCE",
+            webhook_tolerance=env_int(env, "TRUNKLINE_WEBHOOK_TOLERANCE",
                                        DEFAULT_TOLERANCE_SECONDS, 1, 3600),
-            ready_timeout=_number(env, "TRUNKLINE_API_READY_TIMEOUT", 2.0, 0.1, 30.0),
+            ready_timeout=env_float(env, "TRUNKLINE_API_READY_TIMEOUT", 2.0, 0.1, 30.0),
         )

@@ -103,7 +103,12 @@ def test_random_sigkills_over_200_runs(
     kills = 0
     for round_no in range(rounds):
         job_ids = submit_all(client, "org_chaos", numbers(per_round, round_no * per_round))
-        time.sleep(rng.uniform(0.0, 0.6))  # a random point of the saga for a random job
+        # Kill once the round is under way (however loaded the machine), at a random moment.
+        started = time.monotonic()
+        while time.monotonic() - started < 15 and not any(
+                client.get(job_id).state is JobState.RUNNING for job_id in job_ids):
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.3))
         if worker.alive:
             worker.kill()
             kills += 1

@@ -66,7 +66,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not integration and not chaos" -q
+	$(BIN)/python -m pytest -m "not integration and not chaos and not e2e" -q
 
 integration: $(STAMP)
 	$(TEST_STACK) $(STACK) up

@@ -236,10 +236,6 @@ def client(client_factory: Callable[..., ProvisioningClient]) -> ProvisioningCli
     return client_factory()
 
 
-def settings_for(stack: Stack, **env: str) -> Settings:
-    return Settings.from_env(stack.env(**env))
-
-
 def everything_on_livekit(client: LiveKitSIP) -> dict[str, list[str]]:
     return {
         "inbound": sorted(t.sip_trunk_id for t in client.list_inbound_trunks()),

@@ -112,7 +112,9 @@ def test_creating_an_existing_job_id_is_refused(store: JobStore, vault: Vault) -
     """A job id is written once; a second create with it fails instead of overwriting."""
     job = stored(store, vault)
 
-    with pytest.raises(redis.exceptions.ResponseError):
+    # The script's own refusal, not just any error Redis could answer (a Lua syntax error,
+    # a wrong number of keys, NOSCRIPT would also be a ResponseError).
+    with pytest.raises(redis.exceptions.ResponseError, match="job id already exists"):
         store.create(job.model_copy(update={"attempts": 5}), deadline=1.0)
 
     again = store.get(job.job_id)

@@ -12,6 +12,8 @@ message is sent, and the message carries only the job id.
 from __future__ import annotations
 
 import base64
+import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, cast
@@ -58,13 +60,24 @@ def _encode_cursor(score: float, number: str) -> str:
     return base64.urlsafe_b64encode(f"{score!r} {number}".encode()).decode().rstrip("=")
 
 
+_CURSOR_NUMBER = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
 def _decode_cursor(cursor: str) -> tuple[float, str]:
+    """(creation score, number) of a cursor `_encode_cursor` made; ValueError for any other.
+
+    A forged cursor reaches Redis as a ZRANGEBYSCORE bound, so only a finite score and an
+    E.164 number pass (Redis refuses `nan`).
+    """
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        score, number = raw.split(" ", 1)
-        return float(score), number
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        text, number = raw.split(" ", 1)
+        score = float(text)
     except (ValueError, UnicodeDecodeError):
         raise ValueError("not a cursor this API returned") from None
+    if not math.isfinite(score) or not _CURSOR_NUMBER.fullmatch(number):
+        raise ValueError("not a cursor this API returned")
+    return score, number
 
 
 _ALIAS_TO_NAME = {

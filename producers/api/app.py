@@ -184,19 +184,40 @@ def _validate(state: ApiState, data: Any) -> ProvisionRequest:
         raise validation_error(exc.errors) from None
 
 
+# RFC 7240 / RFC 9110 grammar: a list of `token [= word] *(; token [= word])`.
+_TCHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_WORD = rf'(?:{_TCHARS}|"(?:[\t \x21\x23-\x5b\x5d-\x7e]|\\[\t \x21-\x7e])*")'
+# Each run of blanks can be taken by one part only, so a hostile header cannot backtrack.
+_PREFERENCE = (rf"[ \t]*({_TCHARS})(?:[ \t]*=[ \t]*({_WORD}))?[ \t]*"
+               rf"(?:;[ \t]*(?:{_TCHARS}(?:[ \t]*=[ \t]*{_WORD})?[ \t]*)?)*")
+_PREFER_HEADER = re.compile(rf"{_PREFERENCE}(?:,{_PREFERENCE})*")
+_ONE_PREFERENCE = re.compile(_PREFERENCE)
+_WAIT_SECONDS = re.compile(r"[0-9]{1,9}")
+MAX_PREFER_WAIT = 600
+
+
 def _prefers_async(prefer: str | None) -> tuple[bool, float | None]:
-    """RFC 7240: `respond-async`, and `wait=N` to shorten the wait."""
-    if not prefer:
+    """RFC 7240: `respond-async`, and `wait=N` to shorten the wait.
+
+    Parsed strictly and before anything is stored, so a malformed header is a 400 that
+    creates no job; unknown preferences are ignored as the RFC asks.
+    """
+    if prefer is None:
         return False, None
+    if not _PREFER_HEADER.fullmatch(prefer):
+        raise ApiError(400, "invalid_header", "Prefer must be a list of RFC 7240 preferences, "
+                       "e.g. `respond-async` or `wait=10`", field="Prefer")
     asynchronous, wait = False, None
-    for item in prefer.split(","):
-        preference = item.split(";", 1)[0].strip().lower()
-        if preference == "respond-async":
+    for match in _ONE_PREFERENCE.finditer(prefer):
+        name, value = match.group(1).lower(), match.group(2)
+        if name == "respond-async":
             asynchronous = True
-        elif preference.startswith("wait="):
-            value = preference.removeprefix("wait=").strip()
-            if value.isdigit():
-                wait = float(min(int(value), 600))
+        elif name == "wait" and wait is None:
+            raw = (value or "").strip('"')
+            if not _WAIT_SECONDS.fullmatch(raw):
+                raise ApiError(400, "invalid_header", "Prefer: wait must be a whole number of "
+                               "seconds, e.g. `wait=10`", field="Prefer")
+            wait = float(min(int(raw), MAX_PREFER_WAIT))
     return asynchronous, wait
 
 
@@ -358,10 +379,10 @@ async def _admit(state: ApiState, org_id: str, request: ProvisionRequest, key: s
 
 
 async def _answer(state: ApiState, job_id: str, *, replayed: bool,
-                  prefer: str | None) -> JSONResponse:
-    """Wait for a job as the caller prefers: 202 at once, 202 when the wait runs out, or its
-    finished answer."""
-    asynchronous, wait = _prefers_async(prefer)
+                  preference: tuple[bool, float | None]) -> JSONResponse:
+    """Wait for a job as the caller prefers (`_prefers_async`, parsed before the job was
+    stored): 202 at once, 202 when the wait runs out, or its finished answer."""
+    asynchronous, wait = preference
     if asynchronous:
         job = await _get_job(state, job_id)
         current = job.state if job else JobState.QUEUED
@@ -473,8 +494,10 @@ async def create_sip_trunk_dispatch(
     body = await _read_body(request, state.api.max_body)
     parsed = _validate(state, _parse_json(body))
     key = _api_key(idempotency_key)
+    preference = _prefers_async(prefer)
     admitted = await _admit(state, org_id, parsed, key, "api", key_field="Idempotency-Key")
-    return await _answer(state, admitted.job_id, replayed=not admitted.created, prefer=prefer)
+    return await _answer(state, admitted.job_id, replayed=not admitted.created,
+                         preference=preference)
 
 
 IdempotencyKey = Annotated[str | None, Header(
@@ -551,6 +574,7 @@ async def update_phone_number(
         raise validation_error(errors)
     canonical = canonical_number(number, strict=False)
     key = _api_key(idempotency_key)
+    preference = _prefers_async(prefer)
 
     def submit() -> str:
         return state.client.update(org_id=org_id, number=canonical, changes=data,
@@ -561,7 +585,7 @@ async def update_phone_number(
                                                    submit)
     except NumberNotFound:
         raise _not_found(canonical) from None
-    return await _answer(state, job_id, replayed=replayed, prefer=prefer)
+    return await _answer(state, job_id, replayed=replayed, preference=preference)
 
 
 async def release_phone_number(
@@ -580,6 +604,7 @@ async def release_phone_number(
     state = _state(request)
     canonical = _path_number(number)
     key = _api_key(idempotency_key)
+    preference = _prefers_async(prefer)
 
     def submit() -> str:
         return state.client.release(org_id=org_id, number=canonical, idempotency_key=key,
@@ -590,7 +615,7 @@ async def release_phone_number(
                                                    submit)
     except NumberNotFound:
         raise _not_found(canonical) from None
-    return await _answer(state, job_id, replayed=replayed, prefer=prefer)
+    return await _answer(state, job_id, replayed=replayed, preference=preference)
 
 
 async def get_job(request: Request, org_id: Org, job_id: str) -> JSONResponse:

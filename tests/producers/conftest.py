@@ -119,16 +119,20 @@ class Harness:
         return {"X-API-KEY": created.api_key, "X-API-SECRET": created.api_secret}
 
     async def arequest(self, method: str, path: str, *, json_body: Any = None,
-                       content: bytes | None = None, headers: Mapping[str, str] | None = None,
+                       content: bytes | None = None,
+                       headers: Mapping[str, str | bytes] | None = None,
                        org: str | None = "org_a") -> Response:
-        sent = dict(self.auth(org) if org else {})
+        # bytes values reach the app as sent (httpx encodes str values as ASCII only).
+        sent: dict[str, str | bytes] = dict(self.auth(org) if org else {})
         sent.update(headers or {})
         if json_body is not None:
             content = json.dumps(json_body).encode()
             sent.setdefault("Content-Type", "application/json")
         transport = httpx.ASGITransport(app=self.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
-            answer = await http.request(method, path, content=content, headers=sent)
+            raw = [(name.encode(), value if isinstance(value, bytes) else value.encode())
+                   for name, value in sent.items()]
+            answer = await http.request(method, path, content=content, headers=raw)
         try:
             body = answer.json()
         except ValueError:

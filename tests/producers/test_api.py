@@ -78,7 +78,26 @@ def test_prefer_parsing() -> None:
     assert _prefers_async(None) == (False, None)
     assert _prefers_async("return=minimal, respond-async; foo=bar") == (True, None)
     assert _prefers_async("wait=3") == (False, 3.0)
-    assert _prefers_async("wait=abc") == (False, None)
+    assert _prefers_async('wait="7", wait=1') == (False, 7.0)
+    assert _prefers_async("wait=99999") == (False, 600.0)
+    assert _prefers_async("Respond-Async ;x , handling=lenient") == (True, None)
+
+
+# Each was a 500 after the job had been stored (`wait=²` passed str.isdigit, then int()).
+MALFORMED_PREFER = ["wait=²", "wait=abc", "wait=", "wait=-1", "wait=1.5", "respond-async,,",
+                    "respond async", "wait=1\x00", "caf\u00e9", "; wait=1", "=x",
+                    'wait="1', "a;" + " ;" * 2000 + "\x01"]
+
+
+@pytest.mark.parametrize("prefer", MALFORMED_PREFER)
+def test_malformed_prefer_is_a_400_that_creates_nothing(harness: Harness, prefer: str) -> None:
+    """A Prefer header is parsed before the job is stored: a bad one names the header."""
+    answer = harness.request("POST", CREATE, json_body=seed(),
+                             headers={"Prefer": prefer.encode("utf-8")})
+    assert answer.status == 400, answer.body
+    assert answer.body["error"]["code"] == "invalid_header"
+    assert answer.body["error"]["field"] == "Prefer"
+    assert harness.all_job_keys() == []
 
 
 def test_prefer_wait_shortens_the_wait(make_harness: HarnessFactory) -> None:

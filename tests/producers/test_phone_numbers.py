@@ -6,6 +6,7 @@ LiveKit, synchronously inside the request, through fakeredis and httpx's ASGITra
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from typing import Any
@@ -130,9 +131,18 @@ def test_list_pages_filters_and_is_scoped(live: Harness) -> None:
     no_canary(first, second, everything, alpha)
 
 
+def forged_cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(("query", "field"), [
     ("limit=0", "limit"), ("limit=101", "limit"), ("limit=x", "limit"),
     ("cursor=abc", "cursor"), ("cursor=-1", "cursor"), ("cursor=" + "9" * 13, "cursor"),
+    # Well-formed base64 of a score and a number that Redis or the E.164 check would refuse.
+    *[(f"cursor={forged_cursor(text)}", "cursor") for text in (
+        "nan +15551234567", "inf +15551234567", "-inf +15551234567", "1e999 +15551234567",
+        "1.0 15551234567", "1.0 +1555 1234567", "1.0 +15551234567\n", "1.0 ",
+        "1.0 +١٥٥٥١٢٣٤٥٦٧")],
 ])
 def test_bad_list_parameters_are_400(harness: Harness, query: str, field: str) -> None:
     answer = harness.request("GET", f"{LIST}?{query}")

@@ -29,6 +29,8 @@ import httpx
 import jwt
 from jwt.algorithms import HMACAlgorithm
 
+from tests.e2e.media import RtpEndpoint
+
 SCENARIOS: Final = Path(__file__).resolve().parent / "scenarios"
 CALLER_SCENARIO: Final = SCENARIOS / "caller.xml"
 GATEWAY_SCENARIO: Final = SCENARIOS / "gateway.xml"
@@ -341,3 +343,135 @@ def start_gateway(sipp_bin: str, *, port: int, username: str, password: str, wor
 def gateway_verdicts(gateway: Sipp) -> list[str]:
     """The gateway's auth decisions, e.g. ['AUTH_OK user=sip_user']."""
     return re.findall(r"GATEWAY (AUTH_(?:OK|BAD) user=\S*)", gateway.read("actions"))
+
+
+# ---------------------------------------------------------------------------- calls with media
+
+CALL_SCENARIO: Final = SCENARIOS / "call.xml"
+
+
+@dataclass
+class Call:
+    """A sipp caller (scenarios/call.xml) and its RTP endpoint."""
+
+    sipp: Sipp
+    media: RtpEndpoint
+    media_file: Path
+
+    def wait_answered(self, timeout: float) -> bool:
+        """Wait for the 200 OK (the bridge's media address written by sipp); then the tone
+        starts. False when the call ended or was not answered in time."""
+        return self.media.start_sending_from_file(self.media_file, timeout=timeout,
+                                                  alive=lambda: self.sipp.alive)
+
+    def logged(self, marker: str) -> bool:
+        return marker in self.sipp.read("actions")
+
+    def close(self) -> None:
+        self.sipp.kill()
+        self.media.close()
+
+
+def place_call(sipp_bin: str, *, bridge_host: str, bridge_port: int, called: str, caller: str,
+               workdir: Path, name: str, hold_seconds: float, ring_limit: int = 15) -> Call:
+    """Dial ``called`` at the bridge; once answered the caller holds the call for
+    ``hold_seconds`` unless the bridge hangs up first (scenarios/call.xml)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    scenario = workdir / f"{name}.xml"
+    scenario.write_text(CALL_SCENARIO.read_text()
+                        .replace("@RING_LIMIT_S@", str(ring_limit))
+                        .replace("@HOLD_MS@", str(int(hold_seconds * 1000))))
+    media = RtpEndpoint()
+    media_file = workdir / f"{name}.media"
+    limit = int(ring_limit + hold_seconds + 15)
+    argv = [sipp_bin, f"{bridge_host}:{bridge_port}", "-sf", str(scenario),
+            "-s", called, "-key", "caller", caller,
+            "-key", "rtp_port", str(media.port), "-key", "media_file", str(media_file),
+            "-i", LOOPBACK, "-bind_local", "-p", str(free_udp_port()), "-mi", LOOPBACK,
+            "-m", "1", "-l", "1", "-nostdin", "-timeout", f"{limit}s", "-timeout_error"]
+    try:
+        sipp = Sipp(name, argv, workdir, time.monotonic() + limit + 10).start()
+    except BaseException:
+        media.close()
+        raise
+    return Call(sipp, media, media_file)
+
+
+# ---------------------------------------------------------------------------- the agents
+
+
+@dataclass
+class AgentProcess:
+    """tests/e2e/agent.py run by livekit-agents' own CLI (`python -m livekit.agents start`),
+    registered with livekit-server under ``name``; its observations go to ``report_path``."""
+
+    name: str
+    report_path: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    def events(self, room: str | None = None, event: str | None = None) -> list[dict[str, Any]]:
+        if not self.report_path.exists():
+            return []
+        found = []
+        for line in self.report_path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                item = json.loads(line)
+                if (room is None or item.get("room") == room) and \
+                        (event is None or item.get("event") == event):
+                    found.append(item)
+        return found
+
+    def wait_for(self, room: str, event: str, *, timeout: float,
+                 where: Callable[[dict[str, Any]], bool] = lambda _: True,
+                 ) -> dict[str, Any] | None:
+        def probe() -> dict[str, Any] | None:
+            return next((e for e in self.events(room, event) if where(e)), None)
+
+        return wait_until(probe, timeout=timeout, interval=0.2)
+
+    def rooms(self) -> set[str]:
+        return {str(e["room"]) for e in self.events(event="job")}
+
+    def log_tail(self, chars: int = 3000) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return f"--- agent {self.name} log ({self.log_path}) ---\n{text[-chars:]}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+AGENT_SOURCE: Final = Path(__file__).resolve().parent / "agent.py"
+
+
+def start_agent(name: str, *, python: str, ws_url: str, api_key: str, api_secret: str,
+                workdir: Path, env: Mapping[str, str], timeout: float = 90.0) -> AgentProcess:
+    """Start the test agent and wait until livekit-server accepted its registration."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    report_path = workdir / f"agent-{name}.jsonl"
+    log_path = workdir / f"agent-{name}.log"
+    report_path.unlink(missing_ok=True)
+    child_env = {**env, "LIVEKIT_URL": ws_url, "LIVEKIT_API_KEY": api_key,
+                 "LIVEKIT_API_SECRET": api_secret, "TRUNKLINE_AGENT_NAME": name,
+                 "TRUNKLINE_AGENT_REPORT": str(report_path), "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [python, "-m", "livekit.agents", "start", str(AGENT_SOURCE), "--log-format",
+             "json"],
+            cwd=workdir, env=child_env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    agent = AgentProcess(name, report_path, log_path, proc)
+    registered = wait_until(
+        lambda: True if '"registered worker"' in (log_path.read_text(errors="replace")
+                                                  if log_path.exists() else "") else None,
+        timeout=timeout, interval=0.2, stop=lambda: proc.poll() is not None)
+    if not registered:
+        agent.stop()
+        raise RuntimeError(f"agent {name} did not register with {ws_url}\n{agent.log_tail()}")
+    return agent

@@ -197,19 +197,27 @@ class ProvisioningClient:
     ) -> str:
         """Queue the deletion of a number's rule, trunks and record.
 
-        A number that is already gone is released successfully (nothing to do); another
-        organisation's number raises NumberNotFound.
+        Raises NumberNotFound, and stores nothing, when the organisation holds no such number:
+        one nobody holds and another organisation's are answered alike, so a caller learns
+        nothing about numbers it does not hold and cannot make jobs or events for them. A
+        repeated call with the same idempotency key returns its first job, whatever happened
+        to the number since.
         """
         canonical = self._canonical(number)
-        record = self.store.get_number(canonical)
-        if record is not None and record.org_id != org_id:
-            raise NumberNotFound(canonical)
+        fingerprint = self.vault.fingerprint({"release": canonical})
+        if idempotency_key is not None:
+            seen = self.store.find_idempotent(org_id, idempotency_key)
+            if seen is not None:
+                if seen[1] != fingerprint:
+                    raise IdempotencyConflict(seen[0])
+                return seen[0]
+        self.get_number(org_id, canonical)
         job = Job(
             job_id=new_job_id(),
             org_id=org_id,
             kind=JobKind.RELEASE,
             number=canonical,
-            request_fingerprint=self.vault.fingerprint({"release": canonical}),
+            request_fingerprint=fingerprint,
             idempotency_key=idempotency_key,
             source=source,
         )
@@ -217,9 +225,10 @@ class ProvisioningClient:
 
     def get_number(self, org_id: str, number: str) -> PhoneNumberRecord:
         """The organisation's record of a number; NumberNotFound for anyone else's."""
-        record = self.store.get_number(self._canonical(number))
+        canonical = self._canonical(number)
+        record = self.store.get_number(canonical)
         if record is None or record.org_id != org_id:
-            raise NumberNotFound(number)
+            raise NumberNotFound(canonical)
         return record
 
     def list_numbers(

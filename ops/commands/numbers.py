@@ -126,7 +126,8 @@ def release_command(
 ) -> None:
     """Release a number: delete its dispatch rule, both trunks and the record (a queued job).
 
-    Releasing a number that is already gone succeeds and does nothing.
+    A number the organisation does not hold (already released, never set up, or another
+    organisation's) is refused and nothing is queued.
     """
     canonical = _normalise(number)
     if not yes and not typer.confirm(f"Release {canonical} of {org} on LiveKit?"):

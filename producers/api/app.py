@@ -597,9 +597,10 @@ async def release_phone_number(
 ) -> JSONResponse:
     """Release a number: delete its dispatch rule, both trunks and its record.
 
-    A number that is already gone is released successfully (`alreadyReleased: true`). Waits
-    for the job like a create; 202 with the job id when the wait runs out or with
-    `Prefer: respond-async`.
+    A number this organisation does not hold (already released, never set up, or another
+    organisation's: all answered alike) is released successfully with nothing to do
+    (`alreadyReleased: true`) and makes no job. Otherwise waits for the job like a create;
+    202 with the job id when the wait runs out or with `Prefer: respond-async`.
     """
     state = _state(request)
     canonical = _path_number(number)
@@ -614,7 +615,8 @@ async def release_phone_number(
         job_id, replayed = await run_in_threadpool(_submit_lifecycle, state, org_id, key,
                                                    submit)
     except NumberNotFound:
-        raise _not_found(canonical) from None
+        return JSONResponse(envelope(ALREADY_RELEASED_MESSAGE, "success",
+                                     release_view(canonical, None)), headers=NO_STORE)
     return await _answer(state, job_id, replayed=replayed, preference=preference)
 
 

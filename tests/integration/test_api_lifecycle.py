@@ -289,20 +289,28 @@ def test_another_organisation_can_neither_read_change_nor_release(
     http: httpx.Client, creds: Credentials, worker_factory: WorkerFactory,
     livekit: LiveKitSIP, redis_db: redis.Redis,
 ) -> None:
-    """org_b: 404 on GET, PATCH and DELETE, exactly as for an unknown number; the number is
-    not in its list; nothing changes on LiveKit and no job is made."""
+    """org_b: 404 on GET and PATCH, exactly as for an unknown number; DELETE answers exactly
+    like a DELETE of a number nobody holds (nothing to release); the number is not in its
+    list; nothing changes on LiveKit and no job or event is made."""
     worker_factory()
     mine, theirs = creds("org_a"), creds("org_b")
     view = provision(http, mine)
     before = snapshot(livekit, view)
     jobs = len(job_keys(redis_db))
+    events = redis_db.xlen(RESULTS_STREAM)
     unknown = assert_error(http.get(path("+15551234599"), headers=theirs), 404,
                            "number_not_found")
     for answer in (http.get(path(), headers=theirs),
-                   http.patch(path(), json={"authPassword": ROTATED}, headers=theirs),
-                   http.delete(path(), headers=theirs)):
+                   http.patch(path(), json={"authPassword": ROTATED}, headers=theirs)):
         error = assert_error(answer, 404, "number_not_found")
         assert error["message"].replace(NUMBER, "+15551234599") == unknown["message"]
+    theirs_deleted = http.delete(path(), headers=theirs)
+    nobodys_deleted = http.delete(path("+15551234599"), headers=theirs)
+    assert theirs_deleted.status_code == nobodys_deleted.status_code == 200
+    assert theirs_deleted.text.replace(NUMBER, "+15551234599") == nobodys_deleted.text
+    assert theirs_deleted.json()["data"]["alreadyReleased"] is True
+    assert "trunkline-job-id" not in theirs_deleted.headers
+    assert redis_db.xlen(RESULTS_STREAM) == events
     listed = http.get(LIST, headers=theirs)
     assert listed.status_code == 200
     assert listed.json()["data"] == []

@@ -17,7 +17,7 @@ import pytest
 from producers.api.views import NUMBER_VIEW_FIELDS
 from tests.producers.conftest import CANARY, Harness, HarnessFactory, Response, seed
 from tests.worker.fake_livekit import Fault
-from worker.records import JobKind, JobState
+from worker.records import Job, JobKind, JobState, new_job_id
 
 NUMBER = "+15551234567"
 PATH = "/api/phone-numbers/%2B15551234567"
@@ -342,19 +342,33 @@ def test_delete_releases_everything_and_again_is_harmless(live: Harness) -> None
     assert again.status == 200, again.body
     assert again.body["data"]["alreadyReleased"] is True
     assert again.body["message"] == "Phone number was already released; nothing to delete"
-    assert again.headers["trunkline-job-id"] != answer.headers["trunkline-job-id"]
+    # Nothing to release makes no job (and so no event).
+    assert "trunkline-job-id" not in again.headers
+    assert [j.kind for j in live.jobs()] == [JobKind.CREATE, JobKind.RELEASE]
     # Set up again afterwards, through the same API.
     assert live.create().status == 200
     no_canary(answer, again)
 
 
-def test_delete_of_another_orgs_number_is_404_and_changes_nothing(live: Harness) -> None:
+def test_delete_of_a_number_not_held_answers_alike_and_makes_nothing(live: Harness) -> None:
+    """Another organisation's number and a number nobody holds get the same answer (but for
+    the number itself), and neither makes a job or an event or touches LiveKit."""
     provision(live)
     before = livekit_state(live)
-    answer = live.request("DELETE", PATH, org="org_b")
-    assert answer.status == 404
-    assert answer.body["error"]["code"] == "number_not_found"
+    events = live.client.store.redis.xlen(live.client.store.keys.results)
+    theirs = live.request("DELETE", PATH, org="org_b")
+    nobodys = live.request("DELETE", "/api/phone-numbers/%2B15551234599", org="org_b")
+    assert theirs.status == nobodys.status == 200, theirs.body
+    assert theirs.body["data"] == {"number": NUMBER, "released": True,
+                                   "alreadyReleased": True, "phoneNumberId": None}
+    assert json.dumps(theirs.body).replace("4567", "4599") == json.dumps(nobodys.body)
+    for answer in (theirs, nobodys):
+        assert "trunkline-job-id" not in answer.headers
+        assert "location" not in answer.headers
+    assert sorted(theirs.headers.keys()) == sorted(nobodys.headers.keys())
     assert live.job_ids("org_b") == []
+    assert len(live.job_ids()) == 1
+    assert live.client.store.redis.xlen(live.client.store.keys.results) == events
     assert livekit_state(live) == before
     assert live.request("GET", PATH).status == 200
 
@@ -417,7 +431,10 @@ def test_an_update_in_flight_without_a_record_409s_a_create(
 ) -> None:
     """A job in flight for a number with no record (any kind) makes a create 409."""
     harness = make_harness(outcome=None)
-    harness.client.release(org_id="org_b", number=NUMBER)
+    # Only a stored job can be in flight for a number nobody holds (the API makes none).
+    harness.client._store_and_enqueue(Job(
+        job_id=new_job_id(), org_id="org_b", kind=JobKind.RELEASE, number=NUMBER,
+        request_fingerprint="release", source="test"), None)
     answer = harness.create()
     assert answer.status == 409
     assert answer.body["error"]["code"] == "setup_in_flight"

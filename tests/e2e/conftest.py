@@ -1,40 +1,45 @@
 """Fixtures for the end-to-end suite: real calls through LiveKit's SIP bridge.
 
-The stack fixtures (redis-server, livekit-server, a real worker, the producer client) are the
-integration suite's, imported below. This suite runs on its own stack instance and its own
-SIP bridge: unless the environment says otherwise, state under .stack/e2e and the ports in
-E2E_ENV_DEFAULTS, so it never touches `make run` or `make test` data.
+The suite runs on its own stack instance and its own SIP bridge (state under .stack/e2e, the
+ports in E2E_ENV_DEFAULTS), so it never touches `make run` or the other suites' data. For the
+whole session it keeps one real worker, one real `trunkline api`, a customer's API key and two
+test agents (tests/e2e/agent.py, registered as AGENT and OTHER_AGENT). Trunkline's database
+and the SIP objects on that livekit-server are wiped once, before anything starts; each test
+then uses numbers of its own.
 
-The suite is opt-in: its tests run only when selected with a marker expression (`pytest -m
-e2e`, as `make e2e` does) and are deselected from a plain `pytest` run (`make test`), because
-they need the SIP bridge (ops/sip.sh), which takes a cgo build.
+The suite runs only when a marker expression selects it (`pytest -m e2e`, as `make e2e` and
+`make test` do) and is deselected from a plain `pytest` run, which uses another stack
+instance without the bridge.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import redis
 
-from tests.e2e.harness import Bridge, LiveKitRooms
+from producers.keys import ApiKeys
+from tests.e2e.harness import AgentProcess, Bridge, LiveKitRooms, start_agent
+from tests.e2e.lifecycle import AGENT, ORG, OTHER_AGENT, PASSWORD, Customer
+from tests.integration.apiserver import ApiServer, start_api
 from tests.integration.conftest import (
     REPO,
     Stack,
-    clean,
-    client,
-    client_factory,
+    WorkerProcess,
     livekit,
-    redis_db,
     stack,
-    worker_factory,
+    wipe_livekit,
 )
+from worker.livekit import LiveKitSIP
 
 # The integration suite's fixtures, re-exported so that pytest finds them for this folder.
-__all__ = ["clean", "client", "client_factory", "livekit", "redis_db", "stack",
-           "worker_factory"]
+__all__ = ["livekit", "stack"]
 
 E2E_ENV_DEFAULTS = {
     "TRUNKLINE_STACK_DIR": str(REPO / ".stack" / "e2e"),
@@ -43,10 +48,12 @@ E2E_ENV_DEFAULTS = {
     "TRUNKLINE_LIVEKIT_UDP_PORT": "7898",
     "TRUNKLINE_SIP_PORT": "5096",
     "TRUNKLINE_SIP_RTP_PORTS": "20900-20959",
+    # At info level the bridge says nothing about the calls it drops.
+    "TRUNKLINE_SIP_LOG_LEVEL": "debug",
 }
 SIP_SH = REPO / "ops" / "sip.sh"
-# `make e2e` starts the bridge before pytest; this bound covers a start, not a first build.
-BRIDGE_UP_TIMEOUT = 280
+# `make e2e` starts the bridge before pytest; this bound covers a first build too.
+BRIDGE_UP_TIMEOUT = 900
 
 
 @pytest.hookimpl(trylast=True)
@@ -99,8 +106,74 @@ def sipp_bin() -> str:
     return found
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def rooms(stack: Stack) -> Iterator[LiveKitRooms]:
     api = LiveKitRooms(stack.livekit_url, stack.api_key, stack.api_secret)
     yield api
     api.close()
+
+
+@pytest.fixture(scope="session")
+def e2e_redis(stack: Stack) -> Iterator[redis.Redis]:
+    """Trunkline's database, emptied once, and no SIP objects left on livekit-server."""
+    client = redis.Redis.from_url(stack.redis_url)
+    client.flushdb()
+    with LiveKitSIP(stack.livekit_url, stack.api_key, stack.api_secret) as sip:
+        wipe_livekit(sip)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def e2e_worker(stack: Stack, e2e_redis: redis.Redis,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(stack.env(TRUNKLINE_BACKOFF_BASE="0.2", TRUNKLINE_BACKOFF_MAX="2"),
+                           tmp_path_factory.mktemp("e2e-worker") / "worker.log", 2)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(scope="session")
+def e2e_api(stack: Stack, e2e_worker: WorkerProcess,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    server = start_api(stack, tmp_path_factory.mktemp("e2e-api") / "api.log",
+                       TRUNKLINE_API_RATE_LIMIT="0")
+    yield server
+    server.stop()
+    log = server.log()
+    assert PASSWORD not in log
+    assert "Traceback" not in log
+
+
+@pytest.fixture(scope="session")
+def customer(e2e_api: ApiServer, e2e_redis: redis.Redis) -> Iterator[Customer]:
+    """The organisation ORG with an API key, on the real API; no answer may carry a
+    password."""
+    key = ApiKeys(e2e_redis).create(ORG)
+    with httpx.Client(base_url=e2e_api.url, timeout=90) as http:
+        who = Customer(http, {"X-API-KEY": key.api_key, "X-API-SECRET": key.api_secret})
+        yield who
+    for answer in who.answers:
+        assert PASSWORD not in answer.text
+        assert "authPassword" not in answer.text
+
+
+@pytest.fixture(scope="session")
+def agents(stack: Stack, tmp_path_factory: pytest.TempPathFactory,
+           ) -> Iterator[dict[str, AgentProcess]]:
+    """Two test agents registered with livekit-server, AGENT and OTHER_AGENT."""
+    workdir = tmp_path_factory.mktemp("e2e-agents")
+    ws_url = "ws://" + stack.livekit_url.removeprefix("http://")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TRUNKLINE_", "LIVEKIT_"))}
+    made: dict[str, AgentProcess] = {}
+    try:
+        for name in (AGENT, OTHER_AGENT):
+            made[name] = start_agent(name, python=sys.executable, ws_url=ws_url,
+                                     api_key=stack.api_key, api_secret=stack.api_secret,
+                                     workdir=workdir, env=env)
+        yield made
+    finally:
+        for agent in made.values():
+            agent.stop()

@@ -4,9 +4,12 @@
   ListRooms / ListParticipants / DeleteRoom / CreateRoom, ``livekit.AgentDispatchService``
   ListDispatch, ``livekit.SIP`` CreateSIPParticipant) on httpx, with HS256 tokens carrying
   only the grant each call needs.
-* :class:`Sipp` - one sipp process (a caller from ``scenarios/caller.xml`` or a provider
+* :class:`Sipp` - one sipp process (a caller from ``scenarios/call.xml`` or a provider
   gateway from ``scenarios/gateway.xml``), always bounded: sipp's own ``-timeout`` plus a
   hard kill from here.
+* :class:`Call` - a sipp caller with its RTP endpoint (tests/e2e/media.py).
+* :class:`AgentProcess` - the test agent (tests/e2e/agent.py) under livekit-agents' own CLI,
+  and what it reported.
 
 Everything listens and sends on 127.0.0.1 only.
 """
@@ -32,13 +35,9 @@ from jwt.algorithms import HMACAlgorithm
 from tests.e2e.media import RtpEndpoint
 
 SCENARIOS: Final = Path(__file__).resolve().parent / "scenarios"
-CALLER_SCENARIO: Final = SCENARIOS / "caller.xml"
 GATEWAY_SCENARIO: Final = SCENARIOS / "gateway.xml"
 AUTH_CALLER_SCENARIO: Final = SCENARIOS / "auth_caller.xml"
 LOOPBACK: Final = "127.0.0.1"
-
-# The caller scenario holds a call for 10 s before it CANCELs (see caller.xml).
-CALLER_HOLD_SECONDS: Final = 10.0
 
 T = TypeVar("T")
 
@@ -85,6 +84,24 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that is free for both UDP and TCP right now."""
+    while True:
+        port = free_udp_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+
+
+def tcp_port_listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((LOOPBACK, port)) == 0
 
 
 def udp_port_taken(port: int) -> bool:
@@ -302,6 +319,12 @@ class Sipp:
         return [int(code) for code in re.findall(
             r"message received[^\n]*\n\s*\n\s*SIP/2\.0 (\d{3})", self.read("messages"))]
 
+    def invite_statuses(self) -> list[int]:
+        """Status codes of the responses sipp received to its INVITE, in order."""
+        return [int(code) for code, method in re.findall(
+            r"message received[^\n]*\n\s*\n\s*SIP/2\.0 (\d{3})[^\n]*\n(?:[^\n]+\n)*?"
+            r"\s*CSeq:\s*\d+\s+(\w+)", self.read("messages")) if method == "INVITE"]
+
     def diagnostics(self) -> str:
         parts = [f"--- sipp {self.name}: {' '.join(self.argv)} (exit {self.returncode})"]
         for kind in ("actions", "errors", "messages"):
@@ -311,33 +334,31 @@ class Sipp:
         return "\n".join(parts)
 
 
-def start_caller(sipp_bin: str, *, bridge_host: str, bridge_port: int, called: str,
-                 caller: str, workdir: Path, name: str = "caller") -> Sipp:
-    """A sipp caller dialling ``called`` at the bridge (scenarios/caller.xml)."""
-    limit = int(CALLER_HOLD_SECONDS + 20)
-    argv = [sipp_bin, f"{bridge_host}:{bridge_port}", "-sf", str(CALLER_SCENARIO),
-            "-s", called, "-key", "caller", caller,
-            "-i", LOOPBACK, "-bind_local", "-p", str(free_udp_port()), "-mi", LOOPBACK,
-            "-m", "1", "-l", "1", "-nostdin", "-timeout", f"{limit}s", "-timeout_error"]
-    return Sipp(name, argv, workdir, time.monotonic() + limit + 10).start()
-
-
 def start_gateway(sipp_bin: str, *, port: int, username: str, password: str, workdir: Path,
-                  name: str = "gateway", limit: int = 60) -> Sipp:
-    """The provider's gateway on 127.0.0.1:``port``: accepts one call, only with these
-    digest credentials (scenarios/gateway.xml). Returns once it listens."""
-    argv = [sipp_bin, "-sf", str(GATEWAY_SCENARIO),
+                  name: str = "gateway", limit: int = 60, transport: str = "udp") -> Sipp:
+    """The provider's gateway on 127.0.0.1:``port``, listening on ``transport`` only (udp or
+    tcp): accepts one call, only with these digest credentials (scenarios/gateway.xml).
+    Returns once it listens."""
+    mode = {"udp": "u1", "tcp": "t1"}[transport]
+    argv = [sipp_bin, "-sf", str(GATEWAY_SCENARIO), "-t", mode,
             "-i", LOOPBACK, "-bind_local", "-p", str(port), "-mi", LOOPBACK,
             "-m", "1", "-nostdin", "-timeout", f"{limit}s", "-timeout_error",
             "-key", "gw_user", username, "-key", "gw_password", password]
     gateway = Sipp(name, argv, workdir, time.monotonic() + limit + 10).start()
-    listening = wait_until(lambda: True if udp_port_taken(port) else None, timeout=10,
+    taken = udp_port_taken if transport == "udp" else tcp_port_listening
+    listening = wait_until(lambda: True if taken(port) else None, timeout=10,
                            interval=0.05, stop=lambda: not gateway.alive)
     if not listening or not gateway.alive:
         gateway.kill()
-        raise RuntimeError(f"sipp gateway did not listen on {LOOPBACK}:{port}\n"
+        raise RuntimeError(f"sipp gateway did not listen on {transport} {LOOPBACK}:{port}\n"
                            f"{gateway.read('screen')[-2000:]}\n{gateway.diagnostics()}")
     return gateway
+
+
+def gateway_transports(gateway: Sipp) -> list[str]:
+    """The transport named in the top Via of each INVITE the gateway received."""
+    return re.findall(r"INVITE sip:[^\n]*\n(?:[^\n]+\n)*?Via: SIP/2\.0/(\w+)",
+                      gateway.read("messages"))
 
 
 def gateway_verdicts(gateway: Sipp) -> list[str]:
@@ -388,7 +409,8 @@ def place_call(sipp_bin: str, *, bridge_host: str, bridge_port: int, called: str
             "-s", called, "-key", "caller", caller,
             "-key", "rtp_port", str(media.port), "-key", "media_file", str(media_file),
             "-i", LOOPBACK, "-bind_local", "-p", str(free_udp_port()), "-mi", LOOPBACK,
-            "-m", "1", "-l", "1", "-nostdin", "-timeout", f"{limit}s", "-timeout_error"]
+            # -nd: only the scenario speaks (no automatic BYE when sipp aborts a call).
+            "-m", "1", "-l", "1", "-nd", "-nostdin", "-timeout", f"{limit}s", "-timeout_error"]
     try:
         sipp = Sipp(name, argv, workdir, time.monotonic() + limit + 10).start()
     except BaseException:

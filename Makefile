@@ -14,14 +14,24 @@ ORG ?= dev-org
 # The test suite runs its own stack instance so it never touches `make run` data.
 TEST_STACK := TRUNKLINE_STACK_DIR=$(CURDIR)/.stack/test TRUNKLINE_REDIS_PORT=6391 \
 	LIVEKIT_PORT=7890 TRUNKLINE_LIVEKIT_UDP_PORT=7892
+# The end-to-end calls run on a stack instance and SIP bridge of their own (debug: the bridge
+# logs the calls it drops only at that level).
+E2E_STACK := TRUNKLINE_STACK_DIR=$(CURDIR)/.stack/e2e TRUNKLINE_REDIS_PORT=6395 \
+	LIVEKIT_PORT=7896 TRUNKLINE_LIVEKIT_UDP_PORT=7898 TRUNKLINE_SIP_PORT=5096 \
+	TRUNKLINE_SIP_RTP_PORTS=20900-20959 TRUNKLINE_SIP_LOG_LEVEL=debug
+SIP := bash ops/sip.sh
+# The agent `make run` starts (tests/e2e/agent.py): provision numbers with this agentName.
+AGENT_NAME ?= local-agent
 
 .PHONY: help install run api-key worker stack-up stack-down stack-status test unit integration lint \
 	typecheck clean e2e bench
 
 help:
-	@echo "make run          start redis-server, livekit-server, a worker and the API (foreground)"
+	@echo "make run          start redis-server, livekit-server, the SIP bridge, a worker, a test agent"
+	@echo "                  (AGENT_NAME, default local-agent) and the API (foreground)"
 	@echo "make api-key      create an API key for ORG (default dev-org) on the local stack"
-	@echo "make test         lint, type-check, unit and integration tests on the real stack"
+	@echo "make test         lint, type-check, unit, integration and end-to-end tests on the real stack"
+	@echo "make e2e          real calls only: sipp -> SIP bridge -> LiveKit -> test agent, and out"
 	@echo "make unit         fast tests only (fakeredis, MockTransport)"
 	@echo "make integration  tests against the real stack"
 	@echo "make stack-up | stack-down | stack-status"
@@ -38,6 +48,7 @@ stack-up:
 	$(STACK) up
 
 stack-down:
+	-$(SIP) down
 	$(STACK) down
 
 stack-status:
@@ -50,12 +61,18 @@ $(DEV_ENV): | $(STAMP)
 	@echo "generated a local dev encryption key in $@"
 
 run: $(STAMP) $(DEV_ENV) stack-up
-	@eval "$$($(STACK) env)"; source $(DEV_ENV); \
+	$(SIP) up
+	@eval "$$($(STACK) env)"; eval "$$($(SIP) env)"; source $(DEV_ENV); \
 	echo "worker on $$REDIS_URL, LiveKit at $$LIVEKIT_URL"; \
 	$(BIN)/celery -A worker worker --loglevel=INFO & worker=$$!; \
-	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
+	LIVEKIT_URL="ws://$${LIVEKIT_URL#http://}" TRUNKLINE_AGENT_NAME=$(AGENT_NAME) \
+		TRUNKLINE_AGENT_REPORT=$(CURDIR)/.stack/logs/agent-report.jsonl \
+		$(BIN)/python -m livekit.agents start tests/e2e/agent.py --log-format json \
+		>>.stack/logs/agent.log 2>&1 & agent=$$!; \
+	trap 'kill -TERM $$worker $$agent 2>/dev/null; wait $$worker $$agent' EXIT INT TERM; \
+	echo "SIP bridge on sip:$$TRUNKLINE_SIP_HOST:$$TRUNKLINE_SIP_PORT; agent '$(AGENT_NAME)' (log .stack/logs/agent.log)"; \
 	echo "API on http://$(API_HOST):$(API_PORT) (docs: /docs). An API key: make api-key ORG=my-org"; \
-	echo "Ctrl-C stops the API and the worker; 'make stack-down' stops Redis and LiveKit."; \
+	echo "Ctrl-C stops the API, the worker and the agent; 'make stack-down' stops Redis, LiveKit and the bridge."; \
 	$(BIN)/trunkline api --host $(API_HOST) --port $(API_PORT)
 
 api-key: $(STAMP) $(DEV_ENV)
@@ -77,22 +94,23 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(TEST_STACK) $(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory e2e
 
 clean:
+	-$(SIP) down
 	-$(STACK) down
 	-$(TEST_STACK) $(STACK) down
+	-$(E2E_STACK) $(SIP) down
+	-$(E2E_STACK) $(STACK) down
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache
 
-# End-to-end calls through LiveKit's SIP bridge and sipp, on a stack instance and bridge of
-# their own (.stack/e2e, own ports). ops/sip.sh up installs what is missing (sipp, the cgo
-# build dependencies, livekit-sip) and starts redis, livekit-server and the bridge.
+# End-to-end calls through LiveKit's SIP bridge, sipp and the test agent, on a stack instance
+# and bridge of their own (.stack/e2e, own ports). ops/sip.sh up installs what is missing
+# (sipp, the cgo build dependencies), builds the bridge from ../shared/third_party/livekit-sip
+# once (TRUNKLINE_SIP_SRC elsewhere), and starts redis, livekit-server and the bridge.
 e2e: $(STAMP)
-	TRUNKLINE_STACK_DIR=$(CURDIR)/.stack/e2e TRUNKLINE_REDIS_PORT=6395 LIVEKIT_PORT=7896 \
-		TRUNKLINE_LIVEKIT_UDP_PORT=7898 TRUNKLINE_SIP_PORT=5096 \
-		TRUNKLINE_SIP_RTP_PORTS=20900-20959 bash ops/sip.sh up
-	TRUNKLINE_STACK_DIR=$(CURDIR)/.stack/e2e TRUNKLINE_REDIS_PORT=6395 LIVEKIT_PORT=7896 \
-		TRUNKLINE_LIVEKIT_UDP_PORT=7898 TRUNKLINE_SIP_PORT=5096 \
-		TRUNKLINE_SIP_RTP_PORTS=20900-20959 $(BIN)/python -m pytest -m e2e -q tests/e2e
+	$(E2E_STACK) $(SIP) up
+	$(E2E_STACK) $(BIN)/python -m pytest -m e2e -q tests/e2e
 
 # The benchmark (bench/README.md): the pipeline against direct LiveKit calls, with workers,
 # a Redis database (3) and a cleanup of its own; on the local stack unless REDIS_URL and

@@ -305,9 +305,10 @@ def parse_request(data: Any, *, strict_numbers: bool = False) -> ProvisionReques
 
 # Valid stand-ins for the fields an update leaves out: the patch is validated by the same
 # model as a full request, so the rules cannot drift apart, and only patched fields can fail.
+# The number must pass strict validation too (TRUNKLINE_STRICT_NUMBERS), so not a 555 one.
 _PLACEHOLDER = {
     "name": "unchanged",
-    "number": "+15551234567",
+    "number": "+14155552671",
     "outboundPstn": "unchanged.invalid",
     "authUserName": "unchanged",
     "authPassword": "unchanged",

@@ -19,6 +19,7 @@ from worker.contract import (
     ProvisionRequest,
     Transport,
     canonical_number,
+    parse_change,
     parse_request,
 )
 
@@ -597,3 +598,78 @@ def test_model_validate_directly_accepts_context_strictness() -> None:
     ProvisionRequest.model_validate(dict(SEED_BODY))
     with pytest.raises(ValidationError):
         ProvisionRequest.model_validate(dict(SEED_BODY), context={"strict_numbers": True})
+
+
+# --------------------------------------------------------------------------- updates (PATCH)
+
+
+def change_refused(data: Any, *, strict_numbers: bool = False) -> list[FieldError]:
+    """Parse an update, expecting InvalidRequest; return its field errors."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_change(data, strict_numbers=strict_numbers)
+    return info.value.errors
+
+
+def test_change_keeps_the_patched_values_and_names_them_in_python_spelling() -> None:
+    """An update in either spelling carries its values and the snake_case names it set."""
+    change = parse_change({"authUserName": "new_user", "room_prefix": "r-", "transport": "TLS"})
+
+    assert change.fields == frozenset({"auth_user_name", "room_prefix", "transport"})
+    assert change.values.auth_user_name == "new_user"
+    assert change.values.room_prefix == "r-"
+    assert change.values.transport is Transport.TLS
+
+
+def test_change_validates_patched_fields_like_a_request() -> None:
+    """A patched field meets the request's own rules, named as the API spells it."""
+    errors = change_refused({"outboundPstn": "sip:gw@example.com", "agentName": "-x"})
+
+    assert sorted(fields_of(errors)) == ["agentName", "outboundPstn"]
+
+
+def test_change_may_not_name_the_number() -> None:
+    """The number is the record's identity: an update naming it is refused, with a reason."""
+    errors = change_refused({"number": "+15557654321"})
+
+    assert [(e.field, e.code) for e in errors] == [("number", "immutable")]
+    assert "release the number" in errors[0].message
+
+
+def test_change_refuses_the_number_and_bad_fields_at_once() -> None:
+    """Every problem of an update is reported together."""
+    errors = change_refused({"number": "+15557654321", "authUserName": "a b"})
+
+    assert [(e.field, e.code) for e in errors] == [
+        ("number", "immutable"), ("authUserName", "value_error")]
+
+
+def test_change_must_name_a_field() -> None:
+    """An empty update is refused as such."""
+    errors = change_refused({})
+
+    assert [(e.field, e.code, e.message) for e in errors] == [
+        ("body", "empty", "names no field to change")]
+
+
+@pytest.mark.parametrize("data", [[], "name=x", None])
+def test_change_body_must_be_an_object(data: Any) -> None:
+    """An update that is not a JSON object is refused before anything else."""
+    errors = change_refused(data)
+
+    assert [(e.field, e.code, e.message) for e in errors] == [
+        ("body", "type_error", "must be a JSON object")]
+
+
+def test_change_refuses_unknown_fields_by_name() -> None:
+    """A misspelled field in an update is named, not dropped."""
+    errors = change_refused({"authUsername": "x"})
+
+    assert fields_of(errors) == ["authUsername"]
+
+
+def test_change_passes_under_strict_numbers() -> None:
+    """An update never carries the number, so strict number validation cannot refuse it."""
+    change = parse_change({"name": "Renamed"}, strict_numbers=True)
+
+    assert change.values.name == "Renamed"
+    assert change.fields == frozenset({"name"})

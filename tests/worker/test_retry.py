@@ -303,3 +303,11 @@ def test_decide_delay_never_exceeds_cap(attempts: int, retry_after: float | None
     decision = decide(limited, attempts, policy, lambda: r)
     assert decision.retry is True
     assert 0.0 <= decision.delay <= policy.cap
+
+
+def test_provisioning_failure_reads_as_its_message() -> None:
+    """A saga failure prints as its human message (logs and tracebacks show it)."""
+    failure = ProvisioningFailure("number_conflict", "the number is taken", field="number")
+
+    assert str(failure) == "the number is taken"
+    assert (failure.code, failure.retryable, failure.field) == ("number_conflict", False, "number")

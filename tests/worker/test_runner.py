@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.worker.fake_livekit import NUMBER, ORG, PASSWORD, Fault, Harness
-from worker.records import Job, JobState, Phase, StepName, StepStatus
-from worker.runner import COMPENSATION_ATTEMPT_FACTOR, JobRunner, Outcome
-from worker.saga import StepHooks
+from worker.records import Job, JobError, JobState, Phase, StepName, StepStatus
+from worker.runner import COMPENSATION_ATTEMPT_FACTOR, JobRunner, Outcome, event_payload
+from worker.saga import StepHooks, tag
 from worker.store import RESULTS_STREAM
 
 RESULT_KEYS = {"number", "inbound_trunk_id", "outbound_trunk_id", "dispatch_rule_id",
@@ -552,3 +553,331 @@ def test_compensation_that_never_succeeds_records_leftovers(h: Harness) -> None:
     assert len(published) == 1
     assert f"outbound_trunk:{outbound_id}" in published[0]["payload"]["leftovers"]
     assert h.store.dead_letter_ids() == [job.job_id]
+
+
+# --------------------------------------------------------------------------- exact decisions
+# The tests below pin down values the tests above only bound: found missing by mutation
+# testing (`make mutants`), where a changed delay, deadline, limit or message went unnoticed.
+
+NOW = 1_900_000_000.0
+
+
+def fixed_runner(h: Harness, *, rand: Callable[[], float] = lambda: 1.0,
+                 interruptions: tuple[type[BaseException], ...] = (),
+                 hooks: StepHooks | None = None) -> JobRunner:
+    """A runner whose clock stands still at NOW and whose jitter is `rand`."""
+    return JobRunner(h.store, h.saga, h.settings, clock=lambda: NOW, rand=rand,
+                     interruptions=interruptions, hooks=hooks)
+
+
+def deadline_of(h: Harness, job: Job) -> float | None:
+    score = h.redis.zscore(h.store.keys.active, job.job_id)
+    return None if score is None else float(score)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records]
+
+
+def compensating(h: Harness, **changes: Any) -> Job:
+    """A submitted job whose run already created its trunks and then failed permanently."""
+    job = h.submit()
+
+    def created_then_failed(j: Job) -> None:
+        for name, resource in ((StepName.INBOUND_TRUNK, h.fake.seed_inbound(
+                metadata=tag(j, StepName.INBOUND_TRUNK), numbers=[NUMBER])),
+                (StepName.OUTBOUND_TRUNK, h.fake.seed_outbound(
+                    metadata=tag(j, StepName.OUTBOUND_TRUNK), numbers=[NUMBER],
+                    address="sip.provider.example"))):
+            j.step(name).status = StepStatus.DONE
+            j.step(name).resource_id = resource
+        j.attempts = 1
+        j.phase = Phase.COMPENSATE
+        j.error = JobError(code="livekit_rejected", message="refused", retryable=False)
+        for key, value in changes.items():
+            setattr(j, key, value)
+
+    return update(h, job, created_then_failed)
+
+
+class SoftLimit(Exception):
+    """Stands for Celery's SoftTimeLimitExceeded."""
+
+
+def test_skipped_outcomes_say_why(h: Harness) -> None:
+    """A skipped delivery carries no delay and names its reason."""
+    done = h.submit(state=JobState.SUCCEEDED)
+
+    assert h.runner().run("job_doesnotexist") == Outcome("skipped", 0.0, "unknown job")
+    assert h.runner().run(done.job_id) == Outcome("skipped", 0.0, "already succeeded")
+
+
+def test_retry_outcome_names_the_error(h: Harness) -> None:
+    """A rescheduled delivery carries the error code as its detail."""
+    job = h.submit()
+    h.fake.inject("CreateSIPOutboundTrunk", Fault.unreachable())
+
+    outcome = fixed_runner(h, rand=lambda: 0.5).run(job.job_id)
+
+    assert outcome == Outcome("retry", 0.5, "livekit_unavailable")
+
+
+def test_retry_deadline_is_delay_plus_visibility_timeout(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rescheduled job is due for the sweeper one visibility timeout after its retry time."""
+    caplog.set_level("INFO", logger="worker.runner")
+    job = h.submit()
+    h.fake.inject("CreateSIPOutboundTrunk", Fault.unreachable())
+    before = sample("trunkline_job_retries_total", kind="create", code="livekit_unavailable")
+
+    outcome = fixed_runner(h, rand=lambda: 1.0).run(job.job_id)
+
+    assert outcome.delay == 1.0  # attempt 1: base * 2**0, full jitter
+    stored = h.reload(job)
+    assert deadline_of(h, stored) == NOW + 1.0 + h.settings.visibility_timeout
+    assert stored.next_attempt_at is not None
+    assert stored.next_attempt_at.timestamp() == NOW + 1.0
+    assert sample("trunkline_job_retries_total", kind="create",
+                  code="livekit_unavailable") == before + 1
+    assert (f"job {job.job_id} attempt 1 failed (livekit_unavailable); retry in 1.0s"
+            in messages(caplog))
+
+
+def test_finished_attempt_and_job_share_the_end_time(h: Harness) -> None:
+    """The last attempt of a job that succeeds ends when the job does."""
+    job = h.submit()
+
+    h.runner().run(job.job_id)
+
+    stored = h.reload(job)
+    assert stored.finished_at is not None
+    assert [a.finished_at for a in stored.history] == [stored.finished_at]
+
+
+def test_failed_attempt_keeps_its_own_end_time(h: Harness) -> None:
+    """An attempt closed by its error is not re-stamped when compensation later ends the job."""
+    foreign_inbound(h)
+    job = h.submit()
+
+    h.runner().run(job.job_id)
+
+    stored = h.reload(job)
+    attempt = stored.history[-1]
+    assert attempt.error is not None
+    assert attempt.error.code == "number_conflict"
+    assert attempt.finished_at is not None
+    assert stored.finished_at is not None
+    # Compensation (LiveKit calls) ran in between.
+    assert attempt.finished_at < stored.finished_at
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_finish_reaches_its_hook_counts_and_logs(
+    h: Harness, caplog: pytest.LogCaptureFixture, fails: bool
+) -> None:
+    """Finishing passes the before_finish point, counts the job once and logs its event."""
+    caplog.set_level("INFO", logger="worker.runner")
+    if fails:
+        foreign_inbound(h)
+    job = h.submit()
+    points: list[tuple[str, str, JobState]] = []
+    hooks = StepHooks(reached=lambda point, j: points.append((point, j.job_id, j.state)))
+    state, code = ("failed", "number_conflict") if fails else ("succeeded", "")
+    before = sample("trunkline_jobs_total", kind="create", outcome=state, code=code)
+
+    fixed_runner(h, hooks=hooks).run(job.job_id)
+
+    expected = JobState.FAILED if fails else JobState.SUCCEEDED
+    assert ("before_finish", job.job_id, expected) in points
+    assert sample("trunkline_jobs_total", kind="create", outcome=state, code=code) == before + 1
+    event_id = events_ids(h)[0]
+    assert f"job {job.job_id} {state} (event {event_id})" in messages(caplog)
+
+
+def test_finish_of_an_already_published_job_says_so(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run that finishes a job whose event is out already counts nothing and says so."""
+    caplog.set_level("INFO", logger="worker.runner")
+    job = h.submit()
+    runner = h.runner()
+    runner.run(job.job_id)
+    event_id = events_ids(h)[0]
+    stored = h.reload(job)
+    token = h.lock(stored)
+    before = sample("trunkline_jobs_total", kind="create", outcome="succeeded", code="")
+
+    runner._finish(stored, token, JobState.SUCCEEDED)
+
+    assert sample("trunkline_jobs_total", kind="create", outcome="succeeded", code="") == before
+    assert (f"job {job.job_id} succeeded (event {event_id}, already published)"
+            in messages(caplog))
+
+
+def events_ids(h: Harness) -> list[str]:
+    raw = cast(list[tuple[bytes, dict[bytes, bytes]]], h.redis.xrange(RESULTS_STREAM))
+    return [entry_id.decode() for entry_id, _ in raw]
+
+
+def test_event_payload_of_a_success(h: Harness) -> None:
+    """A success's payload: the documented keys and the result, no error keys."""
+    job = h.submit()
+    h.runner().run(job.job_id)
+    stored = h.reload(job)
+    assert stored.result is not None and stored.finished_at is not None
+
+    assert event_payload(stored) == {
+        "type": "created",
+        "number": NUMBER,
+        "attempts": 1,
+        "run": 1,
+        "created_at": stored.created_at.isoformat(),
+        "finished_at": stored.finished_at.isoformat(),
+        **stored.result.model_dump(),
+    }
+
+
+def test_event_payload_of_a_failure_names_the_field_and_leftovers(h: Harness) -> None:
+    """A failure's payload carries the error, its field when there is one, and leftovers."""
+    job = h.submit()
+    job.error = JobError(code="number_conflict", message="taken", retryable=False,
+                         field="number")
+    job.leftovers = ["outbound_trunk:ST_x"]
+
+    payload = event_payload(job)
+
+    assert payload["finished_at"] is None
+    assert {k: payload[k] for k in ("error_code", "error_message", "retryable", "error_field",
+                                    "leftovers")} == {
+        "error_code": "number_conflict", "error_message": "taken", "retryable": False,
+        "error_field": "number", "leftovers": ["outbound_trunk:ST_x"]}
+    job.error = JobError(code="livekit_unavailable", message="down", retryable=True)
+    job.leftovers = []
+    assert "error_field" not in event_payload(job)
+    assert "leftovers" not in event_payload(job)
+
+
+def test_worker_lost_error_is_retryable_and_explains(h: Harness) -> None:
+    """A job whose workers died at every attempt fails as worker_lost, marked retryable."""
+    job = h.submit()
+    job = update(h, job, lambda j: setattr(j, "attempts", h.settings.max_attempts))
+
+    h.runner().run(job.job_id)
+
+    error = h.reload(job).error
+    assert error == JobError(
+        code="worker_lost", retryable=True,
+        message="the worker running this job died 3 times (killed or out of memory); "
+                "it was stopped to protect the queue")
+
+
+def test_attempt_limit_after_a_died_worker_keeps_the_last_error(h: Harness) -> None:
+    """A job that failed, then lost its worker on its last attempt, fails with that error."""
+    job = h.submit()
+
+    def failed_then_died(j: Job) -> None:
+        j.attempts = h.settings.max_attempts
+        j.error = JobError(code="livekit_timeout", message="no answer", retryable=True,
+                           field="number")
+
+    job = update(h, job, failed_then_died)
+
+    assert h.runner().run(job.job_id) == Outcome("finished", detail="failed")
+
+    assert h.reload(job).error == JobError(
+        code="livekit_timeout", retryable=True, field="number",
+        message="gave up after 3 attempts: no answer")
+
+
+def test_compensation_runs_on_its_last_allowed_delivery(h: Harness) -> None:
+    """The delivery that reaches the compensation limit still compensates, and succeeds."""
+    limit = h.settings.max_attempts * COMPENSATION_ATTEMPT_FACTOR
+    job = compensating(h, compensation_attempts=limit - 1)
+
+    assert h.runner().run(job.job_id) == Outcome("finished", detail="failed")
+
+    stored = h.reload(job)
+    assert stored.compensation_attempts == limit
+    assert stored.leftovers == []
+    assert (h.fake.inbound, h.fake.outbound) == ({}, {})
+
+
+def test_compensation_past_its_limit_stops_with_leftovers(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delivery past the compensation limit calls nothing and lists what may be left."""
+    caplog.set_level("ERROR", logger="worker.runner")
+    limit = h.settings.max_attempts * COMPENSATION_ATTEMPT_FACTOR
+    job = compensating(h, compensation_attempts=limit)
+
+    assert h.runner().run(job.job_id) == Outcome("finished", detail="failed")
+
+    stored = h.reload(job)
+    assert sum(h.fake.calls.values()) == 0
+    inbound, outbound = stored.step(StepName.INBOUND_TRUNK), stored.step(StepName.OUTBOUND_TRUNK)
+    leftovers = [f"inbound_trunk:{inbound.resource_id}", f"outbound_trunk:{outbound.resource_id}"]
+    assert stored.leftovers == leftovers
+    assert (f"job {job.job_id} compensation died {limit} times; leftovers {leftovers}"
+            in messages(caplog))
+
+
+def test_compensation_retry_backs_off_by_its_own_count(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A compensation retry waits backoff(compensation attempts + 1), named by the job's error."""
+    caplog.set_level("WARNING", logger="worker.runner")
+    job = compensating(h, compensation_attempts=2)
+    h.fake.inject("DeleteSIPTrunk", Fault.unreachable())
+
+    outcome = fixed_runner(h, rand=lambda: 1.0).run(job.job_id)
+
+    # Third compensation delivery: backoff(4) = base * 2**3 at full jitter.
+    assert outcome == Outcome("retry", 8.0, "livekit_rejected")
+    stored = h.reload(job)
+    assert deadline_of(h, stored) == NOW + 8.0 + h.settings.visibility_timeout
+    assert stored.error is not None and stored.error.code == "livekit_rejected"
+    attempt_error = stored.history[-1].error
+    assert attempt_error is not None and attempt_error.code == "livekit_unavailable"
+    assert (f"job {job.job_id} compensation failed (livekit_unavailable); retry in 8.0s"
+            in messages(caplog))
+
+
+def test_compensation_interrupted_is_retried_as_run_interrupted(h: Harness) -> None:
+    """A soft time limit inside compensation reschedules it, recorded as run_interrupted."""
+
+    def stop(method: str) -> None:
+        if method == "DeleteSIPTrunk":
+            raise SoftLimit
+
+    job = compensating(h)
+    h.fake.before_apply = stop
+
+    outcome = fixed_runner(h, interruptions=(SoftLimit,)).run(job.job_id)
+
+    assert outcome.kind == "retry"
+    attempt_error = h.reload(job).history[-1].error
+    assert attempt_error == JobError(code="run_interrupted", message="SoftLimit", retryable=True)
+
+
+def test_compensation_permanent_error_gives_up_at_once(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A permanent error in compensation is not retried: the job fails listing its leftovers."""
+    caplog.set_level("ERROR", logger="worker.runner")
+    job = compensating(h)
+    h.fake.inject("DeleteSIPTrunk", Fault.http(400))
+
+    outcome = fixed_runner(h, interruptions=(SoftLimit,)).run(job.job_id)
+
+    assert outcome == Outcome("finished", detail="failed")
+    stored = h.reload(job)
+    assert stored.leftovers == [
+        f"inbound_trunk:{stored.step(StepName.INBOUND_TRUNK).resource_id}",
+        f"outbound_trunk:{stored.step(StepName.OUTBOUND_TRUNK).resource_id}"]
+    assert (f"job {job.job_id} compensation gave up (livekit_rejected); "
+            f"leftovers {stored.leftovers}" in messages(caplog))

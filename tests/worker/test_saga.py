@@ -5,6 +5,7 @@ No sockets: fakeredis for the job store and the fake LiveKit behind httpx.MockTr
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import httpx
 import jwt
 import pytest
 import redis.exceptions
+from prometheus_client import REGISTRY
 
 from tests.worker.fake_livekit import (
     API_KEY,
@@ -25,6 +27,7 @@ from tests.worker.fake_livekit import (
     Fault,
     Harness,
 )
+from worker.contract import Transport
 from worker.livekit import (
     InboundNumberConflict,
     InboundTrunk,
@@ -38,7 +41,7 @@ from worker.livekit import (
 )
 from worker.records import Job, JobResult, PhoneNumberRecord, StepName, StepStatus
 from worker.retry import ProvisioningFailure
-from worker.saga import phone_number_id_for, read_tag, tag
+from worker.saga import ProvisioningSaga, StepHooks, phone_number_id_for, read_tag, tag
 
 CREATE_INBOUND = "CreateSIPInboundTrunk"
 CREATE_OUTBOUND = "CreateSIPOutboundTrunk"
@@ -679,3 +682,265 @@ def admin_token() -> str:
     now = int(time.time())
     return jwt.encode({"iss": API_KEY, "sub": API_KEY, "nbf": now - 60, "exp": now + 600,
                        "sip": {"admin": True}}, API_SECRET, algorithm="HS256")
+
+
+# --------------------------------------------------------------------------- exact effects
+# The tests below pin down what the tests above left open: found missing by mutation testing
+# (`make mutants`), where a changed field, filter, status or message went unnoticed.
+
+
+class Recorded:
+    """A saga on the fake LiveKit whose requests are kept, by Twirp method, with their bodies."""
+
+    def __init__(self, h: Harness) -> None:
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            method = request.url.path.rsplit("/", 1)[-1]
+            self.requests.append((method, json.loads(request.content or b"{}")))
+            return h.fake.handle(request)
+
+        self.http = httpx.Client(transport=httpx.MockTransport(handle), base_url=BASE_URL)
+        self.saga = ProvisioningSaga(LiveKitSIP(BASE_URL, API_KEY, API_SECRET, http=self.http),
+                                     h.store, h.vault)
+
+    def bodies(self, method: str) -> list[dict[str, Any]]:
+        return [body for name, body in self.requests if name == method]
+
+    def close(self) -> None:
+        self.saga.close()
+        self.http.close()
+
+
+@pytest.fixture
+def recorded(h: Harness) -> Iterator[Recorded]:
+    saga = Recorded(h)
+    yield saga
+    saga.close()
+
+
+def run_saga(h: Harness, saga: ProvisioningSaga, job: Job, *, backward: bool = False) -> None:
+    token = h.lock(job)
+    try:
+        if backward:
+            saga.compensate(job, token, h.checkpoint(token))
+        else:
+            saga.provision(job, token, h.checkpoint(token))
+        h.checkpoint(token)(job)
+    finally:
+        h.store.release_number_lock(job.number, token)
+
+
+def test_agent_dispatch_carries_the_calls_context(h: Harness) -> None:
+    """The agent dispatched into a call's room learns the org, number, record and metadata."""
+    job = h.submit(agentName="support-bot", metadata={"crm_id": 7})
+
+    result = provision(h, job)
+
+    rule = h.fake.rules[result.dispatch_rule_id]
+    assert rule["name"] == "Acme main line"
+    [agent] = rule["room_config"]["agents"]
+    assert agent["metadata"] == (
+        '{"org_id":"org_acme","number":"+15551234567",'
+        f'"phone_number_id":"{phone_number_id_for(job)}","metadata":{{"crm_id":7}}}}'
+    )
+
+
+def test_rule_without_an_agent_has_no_room_config(h: Harness) -> None:
+    """Without agentName the rule dispatches no agent: LiveKit gets no room config."""
+    job = h.submit()
+
+    result = provision(h, job)
+
+    assert h.fake.rules[result.dispatch_rule_id]["room_config"] is None
+
+
+def test_record_keeps_every_optional_field(h: Harness) -> None:
+    """The phone-number record holds the agent, allowed addresses and metadata it was given."""
+    job = h.submit(agentName="support-bot", allowedAddresses=["203.0.113.0/24"],
+                   metadata={"crm_id": 7})
+
+    provision(h, job)
+
+    record = h.store.get_number(NUMBER)
+    assert record is not None
+    assert (record.agent_name, record.allowed_addresses, record.metadata) == (
+        "support-bot", ("203.0.113.0/24",), {"crm_id": 7})
+
+
+def test_record_step_is_timed(h: Harness) -> None:
+    """The record write is observed in the step-duration histogram under its own step."""
+    labels = {"step": "phone_number"}
+    before = REGISTRY.get_sample_value("trunkline_step_duration_seconds_count", labels) or 0.0
+
+    provision(h, h.submit())
+
+    assert REGISTRY.get_sample_value("trunkline_step_duration_seconds_count", labels) == before + 1
+
+
+@pytest.mark.parametrize(
+    ("org_id", "code", "message"),
+    [
+        ("org_other", "number_owned_by_other_org",
+         "+15551234567 is provisioned by another organisation"),
+        (ORG, "number_already_provisioned",
+         "+15551234567 is already provisioned for this organisation ({pn}, job {job}); "
+         "release it first to set it up again"),
+    ],
+)
+def test_number_recorded_meanwhile_fails_the_record_step(
+    h: Harness, org_id: str, code: str, message: str
+) -> None:
+    """A record written for the number by another job during this run fails with its code."""
+    other = h.submit(org_id=org_id)
+    job = h.submit()
+
+    token = h.lock(job)
+
+    def record_other(point: str, running: Job) -> None:
+        if point == "after_rule":  # under this run's lock, as a racing writer's record lands
+            h.store.put_number(PhoneNumberRecord(
+                phone_number_id=phone_number_id_for(other), org_id=org_id, number=NUMBER,
+                name="other", job_id=other.job_id, inbound_trunk_id="ST_o",
+                outbound_trunk_id="ST_p", dispatch_rule_id="SDR_o", outbound_pstn="gw.example",
+                transport=Transport.AUTO, auth_user_name="u", auth_password_ciphertext="c",
+                room_prefix="call-"), token)
+
+    h.saga.hooks = StepHooks(reached=record_other)
+    with pytest.raises(ProvisioningFailure) as failure:
+        h.saga.provision(job, token, h.checkpoint(token))
+
+    assert (failure.value.code, failure.value.field) == (code, "number")
+    assert failure.value.message == message.format(pn=phone_number_id_for(other),
+                                                   job=other.job_id)
+
+
+def test_inbound_conflict_whose_holder_vanished_is_number_conflict(h: Harness) -> None:
+    """A conflicting trunk that is gone when looked up is reported as not ours."""
+    job = h.submit()
+    h.fake.inject(CREATE_INBOUND, Fault.http(
+        400, 'Conflicting inbound SIP Trunks: "<new>" and "ST_gone", using the same number(s)',
+        code="invalid_argument"))
+
+    with pytest.raises(ProvisioningFailure) as failure:
+        provision(h, job)
+
+    assert failure.value.code == "number_conflict"
+    assert failure.value.message == (
+        "+15551234567 is already routed by LiveKit inbound trunk ST_gone, created by something "
+        "other than Trunkline; delete that trunk or release the number, then replay this job")
+    assert h.fake.calls["GetSIPInboundTrunk"] == 1
+
+
+def test_inbound_conflict_without_an_id_is_number_conflict(h: Harness) -> None:
+    """A conflict that names no trunk fails as number_conflict, looking nothing up."""
+    job = h.submit()
+    h.fake.inject(CREATE_INBOUND, Fault.http(
+        400, "Conflicting inbound SIP Trunks, using the same number(s)", code="invalid_argument"))
+
+    with pytest.raises(ProvisioningFailure) as failure:
+        provision(h, job)
+
+    assert failure.value.code == "number_conflict"
+    assert "inbound trunk ?, created by something other than Trunkline" in failure.value.message
+    assert h.fake.calls["GetSIPInboundTrunk"] == 0
+
+
+def test_adoption_lists_by_number_and_by_inbound_trunk(
+    h: Harness, recorded: Recorded
+) -> None:
+    """Steps in doubt are looked up with the narrowest filter: the number, the inbound trunk."""
+    job = crash_after_started(h, h.submit(), StepName.DISPATCH_RULE, with_object=True)
+    inbound_id = job.step(StepName.INBOUND_TRUNK).resource_id
+    job.step(StepName.INBOUND_TRUNK).status = StepStatus.STARTED
+    job.step(StepName.OUTBOUND_TRUNK).status = StepStatus.STARTED
+
+    run_saga(h, recorded.saga, job)
+
+    assert [b.get("numbers") for b in recorded.bodies("ListSIPInboundTrunk")] == [[NUMBER]]
+    assert [b.get("numbers") for b in recorded.bodies("ListSIPOutboundTrunk")] == [[NUMBER]]
+    assert [b.get("trunk_ids") for b in recorded.bodies("ListSIPDispatchRule")] == [
+        [inbound_id]]
+
+
+def test_compensation_lists_by_number_and_by_inbound_trunk(
+    h: Harness, recorded: Recorded
+) -> None:
+    """Compensation of steps without ids looks them up with the same narrow filters."""
+    job = h.submit()
+    inbound = seed_step_object(h, job, StepName.INBOUND_TRUNK)
+    seed_step_object(h, job, StepName.OUTBOUND_TRUNK)
+    seed_step_object(h, job, StepName.DISPATCH_RULE, trunk_ids=[inbound])
+    job.step(StepName.INBOUND_TRUNK).status = StepStatus.DONE
+    job.step(StepName.INBOUND_TRUNK).resource_id = inbound
+    for name in (StepName.OUTBOUND_TRUNK, StepName.DISPATCH_RULE):
+        job.step(name).status = StepStatus.STARTED
+
+    run_saga(h, recorded.saga, job, backward=True)
+
+    assert [b.get("numbers") for b in recorded.bodies("ListSIPOutboundTrunk")] == [[NUMBER]]
+    assert [b.get("trunk_ids") for b in recorded.bodies("ListSIPDispatchRule")] == [[inbound]]
+    assert total_objects(h) == 0
+
+
+def test_step_in_doubt_without_an_object_is_pending_until_created(h: Harness) -> None:
+    """A step found STARTED with nothing on LiveKit goes back to PENDING, and stays valid
+    in the job record when the run fails before creating it."""
+    job = crash_after_started(h, h.submit(), StepName.INBOUND_TRUNK, with_object=False)
+    job.step(StepName.OUTBOUND_TRUNK).status = StepStatus.STARTED
+    h.fake.inject("ListSIPOutboundTrunk", Fault.http(503))
+
+    with pytest.raises(LiveKitServerError):
+        provision(h, job)
+
+    assert job.step(StepName.INBOUND_TRUNK).status is StepStatus.PENDING
+    token = h.lock(job)
+    h.store.save(job, token)
+    assert h.reload(job).step(StepName.INBOUND_TRUNK).status is StepStatus.PENDING
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_adoption_keeps_the_oldest_of_several_tagged_objects(
+    h: Harness, caplog: pytest.LogCaptureFixture, copies: int
+) -> None:
+    """Adoption takes the first id in order, warns only when there are several, and stamps
+    the step's end."""
+    caplog.set_level("WARNING", logger="worker.saga")
+    # Outbound trunks: LiveKit refuses duplicate inbound trunks and rules, not these.
+    job = crash_after_started(h, h.submit(), StepName.OUTBOUND_TRUNK, with_object=False)
+    ids = sorted(seed_step_object(h, job, StepName.OUTBOUND_TRUNK) for _ in range(copies))
+
+    result = provision(h, job)
+
+    assert result.outbound_trunk_id == ids[0]
+    step = job.step(StepName.OUTBOUND_TRUNK)
+    assert step.adopted is True
+    assert step.finished_at is not None
+    warnings = [r.getMessage() for r in caplog.records if r.name == "worker.saga"]
+    expected = [f"several objects carry this job's tag; adopting {ids[0]}"]
+    assert warnings == (expected if copies > 1 else [])
+
+
+def test_leftovers_name_steps_in_doubt_as_unknown(h: Harness) -> None:
+    """A step STARTED without an id is listed as unknown; pending and compensated ones not."""
+    job = h.submit()
+    job.step(StepName.INBOUND_TRUNK).status = StepStatus.DONE
+    job.step(StepName.INBOUND_TRUNK).resource_id = "ST_in"
+    job.step(StepName.DISPATCH_RULE).status = StepStatus.STARTED
+    job.step(StepName.OUTBOUND_TRUNK).status = StepStatus.COMPENSATED
+
+    assert h.saga.leftovers(job) == ["inbound_trunk:ST_in", "dispatch_rule:unknown"]
+
+
+def test_compensated_steps_are_stamped(h: Harness) -> None:
+    """Every compensated step records when it was compensated."""
+    job = h.submit()
+    provision(h, job)
+
+    compensate(h, job)
+
+    for step in h.reload(job).steps.values():
+        assert step.status is StepStatus.COMPENSATED
+        assert step.finished_at is not None
+        assert step.started_at is not None
+        assert step.finished_at >= step.started_at

@@ -24,7 +24,7 @@ SIP := bash ops/sip.sh
 AGENT_NAME ?= local-agent
 
 .PHONY: help install run api-key worker stack-up stack-down stack-status test unit integration lint \
-	typecheck clean e2e bench
+	typecheck clean e2e bench mutants
 
 help:
 	@echo "make run          start redis-server, livekit-server, the SIP bridge, a worker, a test agent"
@@ -34,6 +34,8 @@ help:
 	@echo "make e2e          real calls only: sipp -> SIP bridge -> LiveKit -> test agent, and out"
 	@echo "make unit         fast tests only (fakeredis, MockTransport)"
 	@echo "make integration  tests against the real stack"
+	@echo "make mutants      mutation testing of the retry, sweeper, runner, saga and contract"
+	@echo "                  modules (not part of make test; MUTANTS='worker.retry*' for some)"
 	@echo "make stack-up | stack-down | stack-status"
 
 install: $(STAMP)
@@ -117,3 +119,10 @@ e2e: $(STAMP)
 # LIVEKIT_* are set. Extra flags: make bench BENCH_ARGS="--jobs 500 --rss-jobs 2000".
 bench: $(STAMP)
 	$(BIN)/python -m bench --json bench/results/latest.json $(BENCH_ARGS)
+
+# Mutation testing (README, "Mutation testing"): mutmut changes worker/{retry,sweeper,runner,saga,
+# contract}.py one mutant at a time and runs the unit tests covering it. Not part of `make test`
+# (it takes tens of minutes). MUTANTS selects mutants by name; MUTANTS_CHILDREN (default 2) caps
+# the parallel pytest runs.
+mutants: $(STAMP)
+	bash ops/mutants.sh $(foreach pattern,$(MUTANTS),'$(pattern)')

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -189,6 +190,32 @@ class WorkerProcess:
 
     def read_log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tasks(self, outcome: str) -> set[str]:
+        """Ids of the provision deliveries this worker logged with `outcome` (received,
+        succeeded, retry, ...). A retry keeps its delivery's id, so a delivery has ended once
+        its id is `succeeded`."""
+        return {task_id for task_id, seen in _TASK_LINE.findall(self.read_log())
+                if seen == outcome}
+
+    def received_jobs(self) -> list[str]:
+        """The job id of every provision delivery this worker received, in order."""
+        return [match.group(1) for line in self.read_log().splitlines()
+                if "] received" in line and (match := _JOB_ID.search(line))]
+
+
+_TASK_LINE = re.compile(r"Task trunkline\.provision\[([0-9a-f-]+)\] (\w+)")
+_JOB_ID = re.compile(r"\b(job_[0-9a-f]{32})\b")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str,
+             interval: float = 0.1) -> None:
+    """Wait until `condition()` holds; fail the test, naming `what`, after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout:g}s: {what}")
+        time.sleep(interval)
 
 
 WorkerFactory = Callable[..., WorkerProcess]

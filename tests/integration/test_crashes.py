@@ -19,6 +19,7 @@ from tests.integration.conftest import (
     WorkerProcess,
     everything_on_livekit,
     stream_events,
+    wait_for,
 )
 from tests.support.faultproxy import Action, FaultProxy, Rule
 from worker.livekit import LiveKitSIP
@@ -143,7 +144,19 @@ def test_job_that_kills_its_worker_every_time_is_dead_lettered(
     events = stream_events(redis_db, RESULTS_STREAM, job_id)
     assert [e["status"] for e in events] == ["failed"]
     assert json.loads(events[0]["payload"])["error_code"] == "worker_lost"
-    # Nothing is left to run: the queue is empty and the job left the active index.
-    time.sleep(3)
-    assert client.get(job_id).attempts == 4
+    # Nothing is left to run. The sweeper cannot send it again: it left the active index.
+    assert redis_db.zscore("trunkline:jobs:active", job_id) is None
+    # A message of a killed delivery still comes back (Redis restores unacked messages after
+    # the visibility timeout): deliver one now and wait until the worker has handled it.
+    if not worker.alive:
+        worker.start()
+    late = client.app.send_task("trunkline.provision", args=[job_id],
+                                queue=client.settings.queue)
+    wait_for(lambda: late.id in worker.tasks("succeeded"), 60,
+             "the worker handled the late redelivery")
+    assert worker.alive, "the late redelivery ran the poison job again"
+    again = client.get(job_id)
+    assert again.attempts == 4
+    assert again.state is JobState.FAILED
+    assert len(stream_events(redis_db, RESULTS_STREAM, job_id)) == 1
     assert redis_db.zscore("trunkline:jobs:active", job_id) is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 import pytest
@@ -19,6 +18,7 @@ from tests.integration.conftest import (
     redis_dump,
     stream_events,
     trunkline_keys,
+    wait_for,
 )
 from tests.support.faultproxy import Action, FaultProxy, Rule
 from worker.contract import InvalidRequest
@@ -224,10 +224,16 @@ def test_same_job_delivered_twice_at_once(
     worker.start()
     job = client.wait(job_id, timeout=60)
     assert job.state is JobState.SUCCEEDED, job.error
+    # Every delivery has ended, including duplicates that found the number locked and came
+    # back after a countdown: none of them can run or publish anything after this.
+    wait_for(lambda: len(worker.tasks("received")) == 4
+             and worker.tasks("succeeded") == worker.tasks("received"),
+             60, "all four deliveries of the job ended")
+    assert worker.received_jobs().count(job_id) >= 4
+    job = client.get(job_id)
     assert job.attempts == 1
     assert {k: len(v) for k, v in everything_on_livekit(livekit).items()} == {
         "inbound": 1, "outbound": 1, "rules": 1}
-    time.sleep(2)  # let the duplicate deliveries finish and find the job done
     assert len(events_for(redis_db, job_id)) == 1
 
 
@@ -249,15 +255,23 @@ def test_invalid_requests_store_and_create_nothing(
     redis_db: redis.Redis, request_body: dict[str, str], fields: set[str],
 ) -> None:
     """Bad input is refused naming each field, before anything is stored, queued or created."""
-    worker_factory()
+    worker = worker_factory(concurrency=1)
     with pytest.raises(InvalidRequest) as refused:
         client.submit(org_id="org_bad", request=request_body)
     assert {e.field for e in refused.value.errors} == fields
     assert all(e.message for e in refused.value.errors)
-    time.sleep(0.5)
     assert trunkline_keys(redis_db) == []
+    # A message the refusal sent would sit ahead of a later job's in the queue: once that
+    # job is done, the worker has had every earlier message, and it got only that job's.
+    marker = client.submit(org_id="org_bad", request={**SEED_REQUEST, "number": "+15557654321"})
+    done = client.wait(marker, timeout=60)
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert done.result is not None
+    assert set(worker.received_jobs()) == {marker}
     assert redis_db.llen(client.settings.queue) == 0
-    assert everything_on_livekit(livekit) == {"inbound": [], "outbound": [], "rules": []}
+    assert everything_on_livekit(livekit) == {
+        "inbound": [done.result.inbound_trunk_id], "outbound": [done.result.outbound_trunk_id],
+        "rules": [done.result.dispatch_rule_id]}
 
 
 def test_password_never_stored_or_logged_in_plaintext(

@@ -26,10 +26,12 @@ from tests.integration.conftest import (
     WorkerFactory,
     WorkerProcess,
     everything_on_livekit,
+    wait_for,
 )
 from tests.support.faultproxy import Action, DownMode, FaultProxy, Rule
 from worker.livekit import LiveKitSIP
-from worker.records import Job, JobState
+from worker.records import Job, JobState, StepName
+from worker.saga import read_tag
 from worker.store import RESULTS_STREAM, JobStore
 
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("clean")]
@@ -191,6 +193,16 @@ def _stack_script(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, check=True)
 
 
+def redis_answers(url: str) -> bool:
+    probe = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(probe.ping())
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        probe.close()
+
+
 def test_redis_restart_mid_run_loses_no_accepted_job(
     stack: Stack, worker_factory: WorkerFactory,
     client_factory: Callable[..., ProvisioningClient], livekit: LiveKitSIP,
@@ -198,36 +210,89 @@ def test_redis_restart_mid_run_loses_no_accepted_job(
 ) -> None:
     """Redis (AOF) restarted while jobs run: every accepted job still ends, once."""
     client = client_factory(TRUNKLINE_VISIBILITY_TIMEOUT="20")
-    worker = worker_factory(concurrency=4, TRUNKLINE_VISIBILITY_TIMEOUT="20")
+    worker_factory(concurrency=4, TRUNKLINE_VISIBILITY_TIMEOUT="20")
     accepted = submit_all(client, "org_redis", numbers(30, 900))
-    time.sleep(0.3)
+    # Shut Redis down once the batch is under way, whatever the machine's load.
+    wait_for(lambda: any(client.get(job_id).state is JobState.RUNNING for job_id in accepted),
+             30, "a job of the batch is running", interval=0.005)
+    unfinished = sum(not client.get(job_id).state.terminal for job_id in accepted)
     port = stack.redis_url.rsplit(":", 1)[1].split("/")[0]
     # SHUTDOWN writes the AOF; livekit-server and the worker lose their connections too.
     subprocess.run(["redis-cli", "-p", port, "shutdown"], capture_output=True, check=False)
-    time.sleep(2)
+    wait_for(lambda: not redis_answers(stack.redis_url), 10, "redis stopped answering")
+    down_at = time.time()
     _stack_script("up")
+    wait_for(lambda: redis_answers(stack.redis_url), 30, "redis answers again")
     accepted += submit_all(client, "org_redis", numbers(10, 950))
-    jobs = wait_all(client, accepted, timeout=180, worker=worker)
+    jobs = wait_all(client, accepted, timeout=180)
+    # The restart really hit jobs in flight: most of the batch was unfinished just before the
+    # shutdown, and jobs of it finished only after Redis had gone (nothing is written while
+    # it is down, so such a job was not terminal at the shutdown).
+    finished_after = [job for job in jobs[:30]
+                      if job.finished_at is not None and job.finished_at.timestamp() > down_at]
+    print(f"unfinished at the shutdown: {unfinished}/30; finished after it: "
+          f"{len(finished_after)}")
+    assert unfinished >= 10
+    assert finished_after
     assert len(jobs) == 40
     assert all(job.state is JobState.SUCCEEDED for job in jobs), Counter(
         job.error.code for job in jobs if job.error)
     assert_ledger(jobs, livekit, redis_db)
 
 
+def pool_children(parent: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True,
+                           check=False).stdout.split()
+    return [int(pid) for pid in found]
+
+
 def test_pool_child_killed_alone_requeues_its_job(
-    worker_factory: WorkerFactory, client: ProvisioningClient, livekit: LiveKitSIP,
-    redis_db: redis.Redis,
+    stack: Stack, worker_factory: WorkerFactory, client: ProvisioningClient,
+    livekit: LiveKitSIP, redis_db: redis.Redis,
 ) -> None:
-    """A SIGKILLed pool child alone (the parent survives): its job runs again once its lease
-    on the number ends (12 s with V=20), and completes."""
-    worker = worker_factory(concurrency=1, TRUNKLINE_VISIBILITY_TIMEOUT="20")
-    job_ids = submit_all(client, "org_child", numbers(5, 990))
-    time.sleep(0.2)
-    assert worker.proc is not None
-    children = subprocess.run(["pgrep", "-P", str(worker.proc.pid)], capture_output=True,
-                              text=True, check=False).stdout.split()
-    for pid in children:
-        os.kill(int(pid), signal.SIGKILL)
-    jobs = wait_all(client, job_ids, timeout=90)
-    assert all(job.state is JobState.SUCCEEDED for job in jobs)
+    """A pool child SIGKILLed alone (the parent survives) while its job waits for LiveKit's
+    answer to a create: the job runs again once its lease on the number ends (12 s with
+    V=20), adopts the object the lost call made, and completes."""
+    with FaultProxy(stack.livekit_url) as proxy:
+        worker = worker_factory(concurrency=1, LIVEKIT_URL=proxy.url,
+                                TRUNKLINE_VISIBILITY_TIMEOUT="20")
+        assert worker.proc is not None
+        parent = worker.proc.pid
+        # (pool children found, the job whose create call was in flight) at the kill. The
+        # callback runs in the proxy after LiveKit executed the call, before the answer goes
+        # back: the child is certainly inside a job then.
+        kills: list[tuple[list[int], str]] = []
+
+        def kill_pool_child() -> None:
+            children = pool_children(parent)
+            (entry,) = [r for r in proxy.requests
+                        if r.method == "CreateSIPOutboundTrunk" and not r.done]
+            tag = read_tag(entry.json()["trunk"]["metadata"]) or {}
+            kills.append((children, tag.get("job_id", "")))
+            if len(children) == 1:
+                os.kill(children[0], signal.SIGKILL)
+
+        proxy.add_rule(Rule(Action.CALLBACK, method="CreateSIPOutboundTrunk", times=1,
+                            callback=kill_pool_child))
+        job_ids = submit_all(client, "org_child", numbers(5, 990))
+        jobs = wait_all(client, job_ids, timeout=90)
+        executed = proxy.executed("CreateSIPOutboundTrunk")
+        assert proxy.errors == []
+
+    assert len(kills) == 1, "the fault never fired"
+    ((children, victim),) = kills
+    assert len(children) == 1, f"expected the one pool child of {parent}, found {children}"
+    assert victim in job_ids
+    assert worker.alive, "the parent died with its child"
+    replacements = pool_children(parent)
+    assert len(replacements) == 1
+    assert replacements != children
+    assert all(job.state is JobState.SUCCEEDED for job in jobs), [j.error for j in jobs]
+    interrupted = next(job for job in jobs if job.job_id == victim)
+    # The killed run never closed its attempt; the next one adopted the trunk it had made.
+    assert interrupted.attempts >= 2
+    assert interrupted.history[0].finished_at is None
+    assert interrupted.step(StepName.OUTBOUND_TRUNK).adopted
+    assert all(job.attempts == 1 for job in jobs if job.job_id != victim)
+    assert executed == len(job_ids)  # no second outbound trunk for the victim
     assert_ledger(jobs, livekit, redis_db)

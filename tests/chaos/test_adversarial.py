@@ -69,8 +69,10 @@ RECORD_ENV = "TRUNKLINE_ADVERSARIAL_RECORD"
 MIN_REQUESTS = 10_000
 # Test cases per operation in the fuzzing phase. Seven operations take generated input (the
 # others have none, or only a fixed parameter); with the examples and coverage phases this
-# comes to about 10,500 requests.
-EXAMPLES = os.environ.get("TRUNKLINE_ADVERSARIAL_EXAMPLES", "1400")
+# comes to about 10,500 requests. The variable can raise it, never lower it: fewer cases
+# cannot reach MIN_REQUESTS, and a run that cannot pass should not take minutes to say so.
+EXAMPLES_FLOOR = 1400
+EXAMPLES = os.environ.get("TRUNKLINE_ADVERSARIAL_EXAMPLES", str(EXAMPLES_FLOOR))
 SEED = os.environ.get("TRUNKLINE_ADVERSARIAL_SEED", "20261127")
 OPERATIONS = {
     "POST /api/sio/createSipTrunkDispatch", "POST /api/sip/createSipTrunkDispatch",
@@ -207,6 +209,14 @@ if os.environ.get(RECORD_ENV):  # pragma: no cover - only inside a schemathesis 
 
 # ------------------------------------------------------------------ the test
 
+# Every wait of the test is bounded, and the bounds add up to less than the cap:
+#   setup     120 s  worker ready 30 + API up 30 + seed request 30 + seed job 30
+#   fuzzing   510 s  both schemathesis processes, one shared deadline
+#   drain     150 s  the worker finishes the jobs the run queued
+#   teardown   70 s  schemathesis killed 2 x 10 + API stopped 20 + worker stopped 30
+#   checks     50 s  scans of Redis, LiveKit and the logs (a few seconds in practice)
+#   total     900 s  = the cap. The whole test takes about 4 minutes on an idle machine.
+SETUP_WAIT, FUZZ_WAIT, DRAIN_WAIT = 30, 510, 150
 pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("clean"), pytest.mark.timeout(900)]
 
 
@@ -235,6 +245,9 @@ def test_schemathesis_10k_requests_no_5xx_no_job_from_a_rejection_no_canary(
     request, the canary password in no answer, log, event or Redis value."""
     schemathesis = Path(sys.executable).with_name("schemathesis")
     assert schemathesis.exists(), "schemathesis is a dev dependency (pip install -e '.[dev]')"
+    if not EXAMPLES.isdigit() or int(EXAMPLES) < EXAMPLES_FLOOR:
+        pytest.fail(f"TRUNKLINE_ADVERSARIAL_EXAMPLES={EXAMPLES!r}: at least {EXAMPLES_FLOOR} "
+                    f"test cases per operation are needed for {MIN_REQUESTS} requests")
     started = time.monotonic()
     worker = worker_factory(concurrency=2)
     sources = {WEBHOOK_SOURCE: {"secret": WEBHOOK_SECRET, "org_id": HOOK_ORG,
@@ -248,11 +261,12 @@ def test_schemathesis_10k_requests_no_5xx_no_job_from_a_rejection_no_canary(
         # A provisioned number and a real job, so that the number and job operations get
         # past 404 (until the fuzzer releases the number).
         seeded = httpx.post(api.url + CREATE, json={**SEED_REQUEST, "authPassword": CANARY},
-                            headers={**headers, "Prefer": "respond-async"}, timeout=30)
+                            headers={**headers, "Prefer": "respond-async"}, timeout=SETUP_WAIT)
         assert seeded.status_code == 202, seeded.text
         seed_job = seeded.json()["data"]["job_id"]
-        with httpx.Client(base_url=api.url, timeout=30) as client:
-            assert wait_for_job(client, headers, seed_job)["state"] == "succeeded"
+        with httpx.Client(base_url=api.url, timeout=10) as client:
+            seed_state = wait_for_job(client, headers, seed_job, timeout=SETUP_WAIT)["state"]
+            assert seed_state == "succeeded"
         config = tmp_path / "schemathesis.toml"
         config.write_text(f'[parameters]\nsource = "{WEBHOOK_SOURCE}"\n'
                           f'"path.number" = "{SEED_REQUEST["number"]}"\n')
@@ -273,13 +287,16 @@ def test_schemathesis_10k_requests_no_5xx_no_job_from_a_rejection_no_canary(
                 cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 env={**os.environ, RECORD_ENV: str(record), "SCHEMATHESIS_HOOKS": __file__,
                      "PYTHONPATH": str(REPO)}), record)
-        outputs = {part: proc.communicate(timeout=720)[0] for part, (proc, _) in runs.items()}
+        outputs = {part: proc.communicate(timeout=max(1.0, fuzz_started + FUZZ_WAIT
+                                                      - time.monotonic()))[0]
+                   for part, (proc, _) in runs.items()}
         fuzz_seconds = time.monotonic() - fuzz_started
         lines = [json.loads(line) for _, record in runs.values()
                  for line in record.read_text().splitlines()]
         # Let the worker finish what the run queued, so its log and the results stream are
         # complete before they are searched.
-        wait_until(lambda: all(j.state.terminal for j in all_jobs(redis_db).values()), 240)
+        wait_until(lambda: all(j.state.terminal for j in all_jobs(redis_db).values()),
+                   DRAIN_WAIT)
         jobs = all_jobs(redis_db)
     finally:
         for proc, _ in runs.values():

@@ -1,4 +1,5 @@
-# Trunkline. `make run` starts the local stack and the worker; `make test` runs every test.
+# Trunkline. `make run` starts the local stack and the worker; `make test` runs every test
+# (lint, types, unit, real-stack, chaos, end-to-end calls). `make stress` re-runs them under load.
 # Both install what is missing (a virtualenv, redis-server, livekit-server).
 
 SHELL := /bin/bash
@@ -126,3 +127,9 @@ bench: $(STAMP)
 # the parallel pytest runs.
 mutants: $(STAMP)
 	bash ops/mutants.sh $(foreach pattern,$(MUTANTS),'$(pattern)')
+
+# Not part of `make test`: the unit and real-stack suites with CPU hogs on every core, then the
+# tests that once failed under load, STRESS_REPEAT times each (ops/stress.sh; installs stress-ng).
+.PHONY: stress
+stress: $(STAMP)
+	$(TEST_STACK) bash ops/stress.sh

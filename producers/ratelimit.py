@@ -1,11 +1,19 @@
-"""A per-organisation request limit in Redis: a fixed one-minute window, one atomic step.
+"""Request limits in Redis: a sliding window per subject (an organisation, a client address, an
+API key id), one atomic Lua step.
 
-`INCR` and the window's expiry are one Lua script, so a crash cannot leave a counter without
-its expiry (which would block an organisation for good). Every API process shares the count.
+A fixed one-minute window lets twice the limit through across a window edge (the limit at
+:59, the limit again at :00). A sliding log never admits more than `limit` requests in any
+`window` seconds: each admitted request is a member of a sorted set scored by its time, the
+ones older than the window are dropped, and a request is admitted only while fewer than
+`limit` remain. Pruning, counting, adding and the key's expiry are one script, so a crash
+cannot leave a log without its expiry, and every API process shares the count. Refused
+requests are not logged, so a client hammering past its limit does not extend its own wait.
+Memory is at most `limit` members per subject: the limit is bounded (`MAX_LIMIT`).
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,11 +21,25 @@ from typing import Any, cast
 
 from redis import Redis
 
-_HIT = """
--- KEYS: counter.  ARGV: window seconds
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]) * 2) end
-return count
+# Per-subject log size is bounded by the limit; a larger limit would let one subject hold
+# megabytes of Redis.
+MAX_LIMIT = 10_000
+
+_SLIDE = """
+-- KEYS: the subject's log.  ARGV: now (ms), window (ms), limit, member, record (1) or peek (0)
+local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local allowed = count < limit
+if allowed and ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window)
+  count = count + 1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local free_in = window
+if oldest[2] then free_in = tonumber(oldest[2]) + window - now end
+return {allowed and 1 or 0, count, free_in}
 """
 
 
@@ -26,7 +48,7 @@ class Verdict:
     allowed: bool
     limit: int
     remaining: int
-    reset_after: int  # seconds until the window ends
+    reset_after: int  # seconds until the oldest counted request leaves the window
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -40,30 +62,43 @@ class Verdict:
 
 
 class RateLimiter:
-    """`limit` requests per organisation per `window` seconds; a limit of 0 turns it off."""
+    """At most `limit` requests per subject in any `window` seconds; a limit of 0 turns it off.
+
+    `hit` counts a request if it is allowed; `peek` only asks whether one would be (the
+    failed-authentication limit peeks before the costly check and hits after a failure).
+    """
 
     def __init__(self, redis: Redis, limit: int, *, window: int = 60,
-                 prefix: str = "trunkline:api", clock: Callable[[], float] = time.time) -> None:
-        if limit < 0 or window < 1:
-            raise ValueError("limit must be >= 0 and window >= 1")
+                 prefix: str = "trunkline:api:ratelimit",
+                 clock: Callable[[], float] = time.time) -> None:
+        if not 0 <= limit <= MAX_LIMIT or window < 1:
+            raise ValueError(f"limit must be 0-{MAX_LIMIT} and window >= 1")
         self.redis = redis
         self.limit = limit
         self.window = window
         self.prefix = prefix
         self.clock = clock
-        self._hit = redis.register_script(_HIT)
+        self._slide = redis.register_script(_SLIDE)
 
     @property
     def enabled(self) -> bool:
         return self.limit > 0
 
-    def hit(self, org_id: str) -> Verdict:
-        """Count one request of `org_id` and say whether it is within the limit."""
-        now = self.clock()
-        window_index = int(now // self.window)
-        reset_after = max(1, int((window_index + 1) * self.window - now + 0.999))
+    def hit(self, subject: str) -> Verdict:
+        """Count one request of `subject` and say whether it is within the limit."""
+        return self._run(subject, record=True)
+
+    def peek(self, subject: str) -> Verdict:
+        """Whether a request of `subject` would be within the limit; counts nothing."""
+        return self._run(subject, record=False)
+
+    def _run(self, subject: str, *, record: bool) -> Verdict:
         if not self.enabled:
-            return Verdict(True, 0, 0, reset_after)
-        key = f"{self.prefix}:ratelimit:{org_id}:{window_index}"
-        count = int(cast(Any, self._hit(keys=[key], args=[self.window])))
-        return Verdict(count <= self.limit, self.limit, max(0, self.limit - count), reset_after)
+            return Verdict(True, 0, 0, self.window)
+        now_ms = int(self.clock() * 1000)
+        member = f"{now_ms}:{secrets.token_hex(6)}"
+        allowed, count, free_in_ms = (int(v) for v in cast(list[Any], self._slide(
+            keys=[f"{self.prefix}:{subject}"],
+            args=[now_ms, self.window * 1000, self.limit, member, int(record)])))
+        reset_after = max(1, -(-free_in_ms // 1000))  # whole seconds, rounded up
+        return Verdict(bool(allowed), self.limit, max(0, self.limit - count), reset_after)

@@ -5,20 +5,23 @@ get, update, release), the jobs API and CRM webhooks.
 and hand every blocking call (Redis, the Celery send) to the thread pool; waiting for a job
 polls Redis with asyncio sleeps, so a waiting request holds no thread.
 
-Order of checks on a create: credentials (401), rate limit (429), body size by Content-Length
-(413), content type (415), body size while reading (413), JSON (400), fields (400, all at
-once), Idempotency-Key (422 on another body), number taken or in flight (409), then the job is
-stored and enqueued. Anything rejected before the last step creates no job.
+Order of checks on a create: failed-authentication limit (429), credentials (401), rate
+limit (429), body size by Content-Length (413), content type (415), body size while reading
+(413), JSON (400), fields (400, all at once), headers (400), Idempotency-Key (422 on another
+body), number taken or in flight (409), then the job is stored and enqueued. Anything rejected
+before the last step creates no job.
 
 Update (PATCH) and release (DELETE) of `/api/phone-numbers/{number}` go through
 `ProvisioningClient.update`/`release`, which validate and check the organisation before they
 store anything; they wait for their job like a create does. Another organisation's number is
-answered exactly like a number that does not exist (404).
+answered exactly like a number that nobody holds (404 for PATCH, nothing to release for
+DELETE), and makes no job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import re
@@ -113,6 +116,7 @@ class ApiState:
     client: ProvisioningClient
     keys: ApiKeys
     limiter: RateLimiter
+    auth_failures: RateLimiter
     admission: Admission
     probes: Mapping[str, Probe]
     clock: Callable[[], float] = time.time
@@ -321,19 +325,38 @@ async def authenticate(
         raise ApiError(401, "missing_credentials", "Send your API key in X-API-KEY and its "
                        "secret in X-API-SECRET", field="X-API-KEY" if not api_key else
                        "X-API-SECRET")
-    org_id = await run_in_threadpool(state.keys.authenticate, api_key.strip(),
-                                     api_secret.strip())
+    key_id = api_key.strip()
+    # Each failed check costs a password-hash verification: past the limit of failures from
+    # one address or for one key id, refuse before doing that work.
+    subjects = _auth_subjects(request, key_id)
+    for subject in subjects:
+        verdict = await run_in_threadpool(state.auth_failures.peek, subject)
+        if not verdict.allowed:
+            raise ApiError(429, "too_many_failed_authentications", "Too many failed "
+                           f"authentications; retry in {verdict.reset_after} s",
+                           retryable=True, headers={"Retry-After": str(verdict.reset_after)})
+    org_id = await run_in_threadpool(state.keys.authenticate, key_id, api_secret.strip())
     if org_id is None:
+        for subject in subjects:
+            await run_in_threadpool(state.auth_failures.hit, subject)
         raise ApiError(401, "invalid_credentials", "The API key or secret is wrong, or the key "
                        "was revoked")
     await _rate_limit(state, org_id)
     return org_id
 
 
+def _auth_subjects(request: Request, key_id: str) -> tuple[str, str]:
+    """The failed-authentication counters a request draws on: its client address and the key
+    id it claims (hashed: a key id is client-chosen text of any length)."""
+    address = request.client.host if request.client else "unknown"
+    claimed = hashlib.sha256(key_id.encode("utf-8", "replace")).hexdigest()[:32]
+    return f"addr:{address}", f"key:{claimed}"
+
+
 async def _rate_limit(state: ApiState, org_id: str) -> None:
-    verdict = await run_in_threadpool(state.limiter.hit, org_id)
+    verdict = await run_in_threadpool(state.limiter.hit, f"org:{org_id}")
     if not verdict.allowed:
-        raise ApiError(429, "rate_limited", f"More than {verdict.limit} requests this minute "
+        raise ApiError(429, "rate_limited", f"More than {verdict.limit} requests in a minute "
                        f"for this organisation; retry in {verdict.reset_after} s",
                        retryable=True, headers=verdict.headers())
 
@@ -762,6 +785,8 @@ def create_api(
         client=client,
         keys=ApiKeys(client.redis),
         limiter=RateLimiter(client.redis, api.rate_limit, clock=clock),
+        auth_failures=RateLimiter(client.redis, api.auth_failure_limit,
+                                  prefix="trunkline:api:authfail", clock=clock),
         admission=Admission(client),
         probes=probes if probes is not None else _default_probes(settings, api, closers),
         clock=clock,

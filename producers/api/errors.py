@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.contract import FieldError
@@ -183,6 +184,10 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            # The client went away mid-body: nobody to answer, and nothing went wrong here.
+            log.info("client disconnected before its request was read on %s",
+                     scope.get("path", ""))
         except Exception as exc:
             log_unexpected(exc, str(scope.get("path", "")))
             if started:

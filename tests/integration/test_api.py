@@ -272,6 +272,29 @@ def test_redis_unreachable_is_503(stack: Stack, tmp_path: Path) -> None:
         server.stop()
 
 
+def test_failed_authentications_are_limited(
+    stack: Stack, tmp_path: Path, creds: Credentials, redis_db: redis.Redis,
+) -> None:
+    """Past TRUNKLINE_API_AUTH_FAILURE_LIMIT failures from one address, the real API answers
+    429 without checking secrets, even the right one, and says when to retry."""
+    server = start_api(stack, tmp_path / "api-auth.log", TRUNKLINE_API_AUTH_FAILURE_LIMIT="3")
+    try:
+        good = creds("org_a")
+        wrong = {**good, "X-API-SECRET": "s3cr3t_wrong"}
+        path = "/api/jobs/job_" + "0" * 32
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for _ in range(3):
+                assert_error(client.get(path, headers=wrong), 401, "invalid_credentials")
+            refused = client.get(path, headers=good)
+            error = assert_error(refused, 429, "too_many_failed_authentications")
+            assert error["retryable"] is True
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert job_keys(redis_db) == []
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
 def test_readyz_and_openapi(http: httpx.Client) -> None:
     """readyz checks Redis and LiveKit; the OpenAPI document and docs page are served."""
     ready = http.get("/readyz")

@@ -121,14 +121,15 @@ class Harness:
     async def arequest(self, method: str, path: str, *, json_body: Any = None,
                        content: bytes | None = None,
                        headers: Mapping[str, str | bytes] | None = None,
-                       org: str | None = "org_a") -> Response:
+                       org: str | None = "org_a",
+                       client: tuple[str, int] = ("127.0.0.1", 50000)) -> Response:
         # bytes values reach the app as sent (httpx encodes str values as ASCII only).
         sent: dict[str, str | bytes] = dict(self.auth(org) if org else {})
         sent.update(headers or {})
         if json_body is not None:
             content = json.dumps(json_body).encode()
             sent.setdefault("Content-Type", "application/json")
-        transport = httpx.ASGITransport(app=self.app)
+        transport = httpx.ASGITransport(app=self.app, client=client)
         async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as http:
             raw = [(name.encode(), value if isinstance(value, bytes) else value.encode())
                    for name, value in sent.items()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 import fakeredis
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from producers.api.app import _prefers_async
+from producers.keys import ApiKeys
 from tests.producers.conftest import (
     CANARY,
     CREATE,
@@ -423,6 +425,90 @@ def test_rate_limit_is_per_org(make_harness: HarnessFactory) -> None:
     assert limited.headers["ratelimit-remaining"] == "0"
     assert harness.request("GET", path, org="org_b").status == 404
     assert harness.create().status == 429
+    assert harness.all_job_keys() == []
+
+
+def test_rate_limit_slides_across_the_minute(make_harness: HarnessFactory) -> None:
+    """The limit at the end of one minute and again at the start of the next is refused."""
+    harness = make_harness(rate_limit=3)
+    path = "/api/jobs/job_" + "0" * 32
+    harness.clock[0] = 1_700_000_039.9  # 0.1 s before a minute boundary
+    assert [harness.request("GET", path).status for _ in range(3)] == [404] * 3
+    harness.clock[0] = 1_700_000_040.1
+    assert [harness.request("GET", path).status for _ in range(3)] == [429] * 3
+    harness.clock[0] = 1_700_000_099.9
+    assert harness.request("GET", path).status == 404
+
+
+def test_failed_authentications_are_limited_per_address_and_per_key(
+    make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the limit of failures from one address, or for one key id, the API refuses with
+    429 before checking a secret (each check costs a password hash); a minute later it
+    checks again."""
+    harness = make_harness(auth_failure_limit=3)
+    checks: list[str] = []
+    keys: ApiKeys = harness.app.state.trunkline.keys
+    real = keys.authenticate
+
+    def counted(key_id: str, secret: str) -> str | None:
+        checks.append(key_id)
+        return real(key_id, secret)
+
+    monkeypatch.setattr(keys, "authenticate", counted)
+    path = "/api/jobs/job_" + "0" * 32
+    good = harness.auth()
+    wrong = {**good, "X-API-SECRET": "s3cr3t_wrong"}
+    here, there, elsewhere = ("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1)
+
+    statuses = [harness.request("GET", path, headers=wrong, org=None, client=here).status
+                for _ in range(3)]
+    assert statuses == [401] * 3
+    assert len(checks) == 3
+    refused = harness.request("GET", path, headers=wrong, org=None, client=here)
+    assert refused.status == 429
+    assert refused.body["error"]["code"] == "too_many_failed_authentications"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert len(checks) == 3  # refused without a hash check
+    # The address is spent, whatever key it presents...
+    other_key = harness.auth("org_b")
+    assert harness.request("GET", path, headers=other_key, org=None,
+                           client=here).status == 429
+    # ...and so is the key id, from any address (the key's owner waits out the minute too).
+    assert harness.request("GET", path, headers=good, org=None, client=there).status == 429
+    assert len(checks) == 3
+    # Another key from another address is unaffected.
+    assert harness.request("GET", path, headers=other_key, org=None,
+                           client=elsewhere).status == 404
+    harness.clock[0] += 60
+    assert harness.request("GET", path, headers=good, org=None, client=here).status == 404
+
+
+def test_a_client_gone_mid_body_is_logged_at_info(
+    harness: Harness, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that disconnects while sending its body: an info line, no error, no job."""
+    headers = [(k.lower().encode(), v.encode()) for k, v in harness.auth().items()]
+    headers += [(b"content-type", b"application/json"), (b"content-length", b"500")]
+    scope: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": CREATE, "raw_path": CREATE.encode(),
+             "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("api.test", 80)}
+    incoming: list[dict[str, Any]] = [
+        {"type": "http.request", "body": b'{"name": "half', "more_body": True},
+        {"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with caplog.at_level(logging.INFO, logger="trunkline.api"):
+        run(harness.app(scope, receive, send))
+    assert [r.levelno for r in caplog.records if r.name == "trunkline.api"] == [logging.INFO]
+    assert "client disconnected" in caplog.text
     assert harness.all_job_keys() == []
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import time
@@ -460,13 +462,14 @@ class AgentProcess:
         return f"--- agent {self.name} log ({self.log_path}) ---\n{text[-chars:]}"
 
     def stop(self) -> None:
+        """SIGTERM (the framework drains its jobs), then SIGKILL for the whole group."""
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
 
 
 AGENT_SOURCE: Final = Path(__file__).resolve().parent / "agent.py"

@@ -42,7 +42,7 @@ Commands:
   install          Install what is missing: sipp (Debian sip-tester), the cgo build
                    dependencies (${BUILD_PACKAGES[*]}) via apt-get, and livekit-sip: the
                    source tree \$TRUNKLINE_SIP_SRC is copied into \$TRUNKLINE_SIP_BUILD_DIR and
-                   built there with 'go build -p=1' (niced; about 2-3 minutes the first time).
+                   built there with 'go build -p=1' (niced; 2 to 10 minutes the first time).
                    The build is reused until the tree, the Go version or the flags change
                    (a hash of all three names its folder). Waits for a concurrent build.
                    Starts nothing.
@@ -291,7 +291,7 @@ install_livekit_sip() {
     # keeps the build independent of later edits there.
     cp -R -- "$SIP_SRC" "$work/src" && chmod -R u+w -- "$work/src" \
         || die "cannot copy $SIP_SRC to $work/src"
-    info "building livekit-sip v$SIP_VERSION from $SIP_SRC (about 2-3 minutes the first time on 2 cores; log: $GO_LOG)"
+    info "building livekit-sip v$SIP_VERSION from $SIP_SRC (2 to 10 minutes the first time on 2 cores, depending on load; log: $GO_LOG)"
     if ! (cd -- "$work/src" && CGO_ENABLED=1 nice -n 10 go build -p=1 -ldflags "$SIP_LDFLAGS" \
         -o "$work/livekit-sip" ./cmd/livekit-sip 8>&- 9>&-) >"$GO_LOG" 2>&1; then
         show_log_tail "$GO_LOG" 30

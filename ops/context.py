@@ -29,7 +29,7 @@ from worker.livekit import (
     LiveKitUnauthorized,
 )
 from worker.runtime import redis_client
-from worker.store import JobStore
+from worker.store import JobStore, UnreadableRecord
 from worker.vault import Vault, VaultError
 
 if TYPE_CHECKING:
@@ -176,6 +176,9 @@ def ops_context() -> Iterator[OpsContext]:
         raise fail(str(exc), EXIT_CONFIG) from None
     except VaultError as exc:
         raise fail(str(exc)) from None
+    except UnreadableRecord as exc:
+        raise fail(f"{exc}; it is dead-lettered with code unreadable_record (see `trunkline "
+                   "dlq list`); other records are unaffected") from None
     except Exception as exc:
         # The Celery broker is Redis too: kombu's OperationalError means Redis is down.
         if type(exc).__name__ == "OperationalError" and type(exc).__module__.startswith("kombu"):

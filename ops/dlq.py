@@ -25,8 +25,10 @@ BATCH = 500
 class DeadLetter:
     job_id: str
     dead_lettered_at: datetime
-    # None when the list names a job whose record is gone.
+    # None when the list names a job whose record is gone, or does not load.
     job: Job | None
+    # Why the record does not load (then `job` is None): it was quarantined.
+    unreadable: str | None = None
 
     @property
     def org_id(self) -> str | None:
@@ -34,6 +36,8 @@ class DeadLetter:
 
     @property
     def code(self) -> str | None:
+        if self.unreadable is not None:
+            return "unreadable_record"
         return self.job.error.code if self.job and self.job.error else None
 
     def summary(self) -> dict[str, Any]:
@@ -43,6 +47,11 @@ class DeadLetter:
             "dead_lettered_at": self.dead_lettered_at.isoformat(),
         }
         job = self.job
+        if job is None and self.unreadable is not None:
+            view.update(unreadable_record=True, error={
+                "code": "unreadable_record", "message": f"the job record cannot be read "
+                f"({self.unreadable}); it was dead-lettered without running"})
+            return view
         if job is None:
             view["missing_record"] = True
             return view
@@ -62,8 +71,11 @@ class DeadLetter:
 
     def detail(self) -> dict[str, Any]:
         """The full job as operators may see it (no ciphertext, no fingerprint)."""
-        view = self.job.public_view() if self.job else {"job_id": self.job_id,
-                                                         "missing_record": True}
+        if self.job is None and self.unreadable is not None:
+            view = self.summary()
+        else:
+            view = self.job.public_view() if self.job else {"job_id": self.job_id,
+                                                             "missing_record": True}
         view["dead_lettered_at"] = self.dead_lettered_at.isoformat()
         return view
 
@@ -109,7 +121,8 @@ class DeadLetters:
         score = self.redis.zscore(self.key, job_id)
         if score is None:
             return None
-        return DeadLetter(job_id, _at(float(score)), self.store.get(job_id))
+        return self._letter(job_id, float(score),
+                            cast(bytes | None, self.redis.get(self.store.keys.job(job_id))))
 
     def purge(self, job_ids: Iterable[str]) -> int:
         """Remove these jobs from the list (their records stay); returns how many were on it."""
@@ -122,11 +135,18 @@ class DeadLetters:
     def _load(self, rows: list[tuple[bytes, float]]) -> list[DeadLetter]:
         ids = [_text(member) for member, _ in rows]
         raws = cast(list[bytes | None], self.redis.mget([self.store.keys.job(i) for i in ids]))
-        return [
-            DeadLetter(job_id, _at(float(score)),
-                       None if raw is None else Job.model_validate_json(raw))
-            for job_id, (_, score), raw in zip(ids, rows, raws, strict=True)
-        ]
+        return [self._letter(job_id, float(score), raw)
+                for job_id, (_, score), raw in zip(ids, rows, raws, strict=True)]
+
+    def _letter(self, job_id: str, score: float, raw: bytes | None) -> DeadLetter:
+        if raw is None:
+            return DeadLetter(job_id, _at(score), None)
+        try:
+            return DeadLetter(job_id, _at(score), Job.model_validate_json(raw))
+        except ValueError:
+            # One unreadable record must not hide the rest of the list.
+            reason = self.store.unreadable_reason(job_id) or "it does not load"
+            return DeadLetter(job_id, _at(score), None, unreadable=reason)
 
 
 def _at(epoch: float) -> datetime:

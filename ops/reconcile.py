@@ -51,7 +51,7 @@ from worker.livekit import (
 )
 from worker.records import Job, JobState, PhoneNumberRecord
 from worker.saga import read_tag
-from worker.store import JobStore
+from worker.store import JobStore, UnreadableRecord, raw_field
 from worker.vault import Vault, VaultError
 
 log = logging.getLogger(__name__)
@@ -333,9 +333,15 @@ class Reconciler:
     def _load_records(self, keys: list[bytes]) -> Iterator[PhoneNumberRecord]:
         if not keys:
             return
-        for raw in cast(list[bytes | None], self.store.redis.mget(keys)):
-            if raw is not None:
+        for key, raw in zip(keys, cast(list[bytes | None], self.store.redis.mget(keys)),
+                            strict=True):
+            if raw is None:
+                continue
+            try:
                 yield PhoneNumberRecord.model_validate_json(raw)
+            except ValueError:
+                # Skipped, not fatal: one bad record must not hide every other finding.
+                log.error("reconcile skips %s: the record does not load", key)
 
     def _busy_numbers(self) -> set[str]:
         """Numbers that have a queued or running job (the active index)."""
@@ -348,7 +354,13 @@ class Reconciler:
                 [self.store.keys.job(i) for i in chunk]))
             for raw in raws:
                 if raw is not None:
-                    job = Job.model_validate_json(raw)
+                    try:
+                        job = Job.model_validate_json(raw)
+                    except ValueError:
+                        # Its number may be mid-saga for all we can tell: leave it alone.
+                        if (number := raw_field(raw, "number")) is not None:
+                            busy.add(number)
+                        continue
                     if not job.state.terminal:
                         busy.add(job.number)
         return busy
@@ -357,7 +369,10 @@ class Reconciler:
         if not job_id:
             return None
         if job_id not in cache:
-            cache[job_id] = self.store.get(job_id)
+            try:
+                cache[job_id] = self.store.get(job_id)
+            except UnreadableRecord:
+                cache[job_id] = None
         return cache[job_id]
 
     def _judge_unreferenced(
@@ -490,7 +505,10 @@ class Reconciler:
         # or this one replayed, since the report.
         number = orphan.number
         busy = {number} if number and self.store.jobs_in_flight(number) else set()
-        job = self.store.get(orphan.job_id) if orphan.job_id else None
+        try:
+            job = self.store.get(orphan.job_id) if orphan.job_id else None
+        except UnreadableRecord:
+            return Deletion(orphan, False, "its job record does not load; left alone")
         if self._orphan_reason(orphan.kind, orphan.livekit_id, job, orphan.number, busy) in (
                 None, "in_flight"):
             return Deletion(orphan, False, "no longer an orphan (its job or record changed)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from enum import StrEnum
 from typing import Any
@@ -26,11 +27,22 @@ from pydantic import (
 )
 
 MAX_METADATA_BYTES = 2048
+# Nesting and key counts are bounded as well as size: a few hundred bytes of nested lists are
+# valid JSON that pydantic's JSON parser (and Redis's cjson) refuse to read back past their
+# recursion limits, so such a record, once stored, could never be loaded again.
+MAX_METADATA_DEPTH = 8
+MAX_METADATA_KEYS = 64  # object keys, counted over the whole value
+# Redis's cjson and most JSON consumers hold numbers as 64-bit values.
+_METADATA_INT_RANGE = range(-(2**63), 2**63)
 
 _NUMBER_FORMATTING = re.compile(r"[\s().\-]")
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ROOM_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# RFC 3261's `user` characters less those that a SIP stack or a provider's digest parser may
+# read as syntax (`"` and `\` in the quoted username, `,` between digest parameters, `:` in
+# HA1 = username:realm:password, `;`, `?`, `/`): carried verbatim, quoting needs no escapes.
+_DIGEST_USERNAME = re.compile(r"^[A-Za-z0-9._~!$&'()*+=%@-]{1,128}$")
 _FORBIDDEN_IN_ADDRESS = ("sip:", "sips:", "@", ";", "transport=")
 
 
@@ -185,11 +197,24 @@ class ProvisionRequest(BaseModel):
     def _gateway(cls, value: str) -> str:
         return validate_gateway_address(value)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # CR, LF, NUL and escape sequences would reach LiveKit (and its logs) verbatim.
+        if any(not c.isprintable() for c in value):
+            raise ValueError("may not contain control characters (CR, LF, NUL, escapes) or "
+                             "invalid Unicode")
+        return value
+
     @field_validator("auth_user_name")
     @classmethod
     def _username(cls, value: str) -> str:
         if any(not c.isprintable() or c.isspace() for c in value):
             raise ValueError("may not contain spaces or control characters")
+        if not _DIGEST_USERNAME.match(value):
+            raise ValueError("may contain only letters, digits and . _ ~ ! $ & ' ( ) * + = % "
+                             "@ - (it is sent inside a SIP digest header, where quotes, "
+                             "backslashes, commas, colons and semicolons have a meaning)")
         return value
 
     @field_validator("auth_password")
@@ -244,12 +269,15 @@ class ProvisionRequest(BaseModel):
     def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return None
+        keys = _check_metadata_value(value, depth=1)
+        if keys > MAX_METADATA_KEYS:
+            raise ValueError(f"may have at most {MAX_METADATA_KEYS} keys in all (has {keys})")
         try:
-            size = len(json.dumps(value))
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError):
             raise ValueError("must hold only JSON values (objects, arrays, strings, "
                              "numbers, booleans, null)") from None
-        if size > MAX_METADATA_BYTES:
+        if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
             raise ValueError(f"must serialise to at most {MAX_METADATA_BYTES} bytes of JSON")
         return value
 
@@ -258,6 +286,46 @@ class ProvisionRequest(BaseModel):
         data = self.model_dump(mode="json", by_alias=True)
         data["authPassword"] = self.auth_password.get_secret_value()
         return data
+
+
+def _check_metadata_value(value: Any, *, depth: int) -> int:
+    """Raise ValueError for what cannot round-trip through a stored record; returns the
+    number of object keys under `value` (an object or array at `depth`, the top being 1)."""
+    if isinstance(value, list | tuple | dict) and depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"may nest objects and arrays at most {MAX_METADATA_DEPTH} deep")
+    if isinstance(value, str):
+        _check_text(value)
+        return 0
+    if isinstance(value, bool) or value is None:
+        return 0
+    if isinstance(value, int):
+        if value not in _METADATA_INT_RANGE:
+            raise ValueError("may hold integers of at most 64 bits")
+        return 0
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("may not hold NaN or infinite numbers (they are not JSON)")
+        return 0
+    if isinstance(value, list | tuple):
+        return sum(_check_metadata_value(item, depth=depth + 1) for item in value)
+    if isinstance(value, dict):
+        count = len(value)
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError("may only have string keys")
+            _check_text(key)
+            count += _check_metadata_value(item, depth=depth + 1)
+        return count
+    raise ValueError("must hold only JSON values (objects, arrays, strings, numbers, "
+                     "booleans, null)")
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (`"\ud800"` is valid JSON text) is not Unicode text.
+        raise ValueError("may hold only valid Unicode text (no lone surrogates)") from None
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:

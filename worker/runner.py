@@ -21,7 +21,7 @@ from worker.observability import JOBS, RETRIES, bound_job
 from worker.records import Attempt, Job, JobError, JobKind, JobResult, JobState, Phase, utcnow
 from worker.retry import Classified, RetryPolicy, RunInterrupted, backoff, classify, decide
 from worker.saga import Checkpoint, ProvisioningSaga, StepHooks
-from worker.store import JobStore, LeaseLost
+from worker.store import JobStore, LeaseLost, UnreadableRecord
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,10 @@ class JobRunner:
         )
 
     def run(self, job_id: str) -> Outcome:
-        job = self.store.get(job_id)
+        try:
+            job = self.store.get(job_id)
+        except UnreadableRecord as unreadable:
+            return self._quarantine(job_id, unreadable)
         if job is None:
             log.error("job %s not found in the job store; dropping its message", job_id)
             return Outcome.skipped("unknown job")
@@ -131,8 +134,17 @@ class JobRunner:
         finally:
             self.store.release_number_lock(number, token)
 
+    def _quarantine(self, job_id: str, unreadable: UnreadableRecord) -> Outcome:
+        # Retrying cannot repair a record: dead-letter it with its own reason, once.
+        self.store.quarantine(job_id, unreadable.reason)
+        log.error("%s; dead-lettered as unreadable_record", unreadable)
+        return Outcome.skipped("unreadable record")
+
     def _run_locked(self, job_id: str, token: str) -> Outcome:
-        job = self.store.get(job_id)  # fresh, now that we hold the lock
+        try:
+            job = self.store.get(job_id)  # fresh, now that we hold the lock
+        except UnreadableRecord as unreadable:
+            return self._quarantine(job_id, unreadable)
         if job is None or job.state.terminal:
             return Outcome.skipped("finished meanwhile")
         now = self.clock()

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
 from redis import Redis
 from redis.exceptions import WatchError
 
@@ -39,6 +42,23 @@ class IdempotencyConflict(StoreError):
             f"this Idempotency-Key was already used for job {job_id} with a different request; "
             "use a new key for a different request"
         )
+
+
+class UnreadableRecord(StoreError):
+    """A stored record that does not load (corrupt, an older schema, edited by hand).
+
+    Whoever meets one skips it with this error instead of failing whole: the worker and the
+    sweeper quarantine an unreadable job (`JobStore.quarantine`), the API and the `trunkline`
+    commands name it and go on with everything else.
+    """
+
+    def __init__(self, kind: str, ident: str, reason: str) -> None:
+        self.kind, self.ident, self.reason = kind, ident, reason
+        super().__init__(f"the stored {kind} record {ident} cannot be read ({reason})")
+
+
+class UnstorableRecord(StoreError, ValueError):
+    """A record that would not load back once written; nothing was stored."""
 
 
 class NumberTaken(StoreError):
@@ -79,6 +99,10 @@ class Keys:
 
     def in_flight(self, number: str) -> str:
         return f"{self.prefix}:inflight:{number}"
+
+    @property
+    def unreadable(self) -> str:
+        return f"{self.prefix}:unreadable"
 
     @property
     def dead_letters(self) -> str:
@@ -176,6 +200,24 @@ if ARGV[8] == '1' then redis.call('ZADD', KEYS[6], ARGV[9], ARGV[3]) end
 return {1, id}
 """
 
+# An unreadable job cannot be finished by _FINISH (that needs the job); it still ends in one
+# failed event and a dead letter, once, and leaves the sweep and in-flight indexes.
+_QUARANTINE = """
+-- KEYS: active, published marker, results, dead letters, unreadable hash, in-flight ('' none)
+-- ARGV: job id, org id, payload, maxlen, now, reason
+redis.call('ZREM', KEYS[1], ARGV[1])
+if KEYS[6] ~= '' then redis.call('ZREM', KEYS[6], ARGV[1]) end
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[6])
+if redis.call('ZSCORE', KEYS[4], ARGV[1]) == false then
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+end
+if redis.call('GET', KEYS[2]) then return 0 end
+local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*',
+  'job_id', ARGV[1], 'org_id', ARGV[2], 'status', 'failed', 'payload', ARGV[3])
+redis.call('SET', KEYS[2], id)
+return 1
+"""
+
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -194,6 +236,7 @@ class JobStore:
         self._replace_number = redis.register_script(_REPLACE_NUMBER)
         self._finish = redis.register_script(_FINISH)
         self._release = redis.register_script(_RELEASE_LOCK)
+        self._quarantine = redis.register_script(_QUARANTINE)
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -210,12 +253,18 @@ class JobStore:
         request with another fingerprint.
         """
         idem = self.keys.idempotency(job.org_id, idempotency_key) if idempotency_key else ""
+        try:  # the store never writes what it cannot read back
+            payload = job.model_dump_json()
+            Job.model_validate_json(payload)
+        except (ValueError, PydanticSerializationError) as exc:
+            raise UnstorableRecord(f"job {job.job_id} would not load back once stored "
+                                   f"({_reason(exc)}); nothing was stored") from None
         raw = cast(
             list[Any],
             self._create_job(
                 keys=[idem, self.keys.job(job.job_id), self.keys.active,
                       self.keys.jobs_by_org(job.org_id), self.keys.in_flight(job.number)],
-                args=[job.job_id, job.model_dump_json(), job.request_fingerprint, deadline,
+                args=[job.job_id, payload, job.request_fingerprint, deadline,
                       job.created_at.timestamp(), IDEMPOTENCY_TTL_SECONDS],
             ),
         )
@@ -238,8 +287,38 @@ class JobStore:
         return [_text(i) for i in cast(list[bytes], ids)]
 
     def get(self, job_id: str) -> Job | None:
+        """The job, None if there is none; UnreadableRecord if it is stored but will not load."""
         raw = self.redis.get(self.keys.job(job_id))
-        return None if raw is None else Job.model_validate_json(cast(bytes, raw))
+        if raw is None:
+            return None
+        try:
+            return Job.model_validate_json(cast(bytes, raw))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise UnreadableRecord("job", job_id, _reason(exc)) from None
+
+    def quarantine(self, job_id: str, reason: str) -> bool:
+        """End an unreadable job: out of the sweep and in-flight indexes, dead-lettered with
+        its reason, and one `failed` event (code `unreadable_record`). Idempotent; returns
+        whether the event was published by this call."""
+        raw = cast(bytes | None, self.redis.get(self.keys.job(job_id))) or b""
+        org_id, number = raw_field(raw, "org_id"), raw_field(raw, "number")
+        payload = {"type": "failed", "number": number, "error_code": "unreadable_record",
+                   "error_message": f"the stored job record cannot be read ({reason}); it was "
+                                    "dead-lettered without running",
+                   "retryable": False}
+        published = self._quarantine(
+            keys=[self.keys.active, self.keys.published(job_id, 0), self.keys.results,
+                  self.keys.dead_letters, self.keys.unreadable,
+                  self.keys.in_flight(number) if number else ""],
+            args=[job_id, org_id or "unknown", json.dumps(payload, separators=(",", ":")),
+                  self.results_maxlen, time.time(), reason],
+        )
+        return bool(published)
+
+    def unreadable_reason(self, job_id: str) -> str | None:
+        """Why a quarantined job could not be read, if it was quarantined."""
+        raw = self.redis.hget(self.keys.unreadable, job_id)
+        return None if raw is None else _text(raw)
 
     def set_deadline(self, job_id: str, deadline: float) -> None:
         """Move a job's sweep deadline; only for jobs still in the active index."""
@@ -307,7 +386,12 @@ class JobStore:
 
     def get_number(self, number: str) -> PhoneNumberRecord | None:
         raw = self.redis.get(self.keys.number(number))
-        return None if raw is None else PhoneNumberRecord.model_validate_json(cast(bytes, raw))
+        if raw is None:
+            return None
+        try:
+            return PhoneNumberRecord.model_validate_json(cast(bytes, raw))
+        except ValueError as exc:
+            raise UnreadableRecord("phone-number", number, _reason(exc)) from None
 
     def put_number(self, record: PhoneNumberRecord, token: str) -> PhoneNumberRecord:
         """Write the record unless the number belongs to another job (NumberTaken)."""
@@ -357,7 +441,8 @@ class JobStore:
     def replay(self, job_id: str, deadline: float) -> Job:
         """Turn a dead-lettered job into a new queued run (the caller then enqueues it).
 
-        Raises LookupError for an unknown job and ValueError for one that is not failed.
+        Raises LookupError for an unknown job, ValueError for one that is not failed, and
+        UnreadableRecord for one that does not load (replay cannot repair a record).
         """
         key = self.keys.job(job_id)
         with self.redis.pipeline() as pipe:
@@ -367,7 +452,10 @@ class JobStore:
                     raw = pipe.get(key)
                     if raw is None:
                         raise LookupError(f"no job {job_id}")
-                    job = Job.model_validate_json(cast(bytes, raw))
+                    try:
+                        job = Job.model_validate_json(cast(bytes, raw))
+                    except ValueError as exc:
+                        raise UnreadableRecord("job", job_id, _reason(exc)) from None
                     if job.state is not JobState.FAILED:
                         raise ValueError(
                             f"job {job_id} is {job.state.value}; only failed jobs can be replayed"
@@ -386,6 +474,31 @@ class JobStore:
     def dead_letter_ids(self, limit: int = 100) -> list[str]:
         ids = self.redis.zrevrange(self.keys.dead_letters, 0, limit - 1)
         return [_text(i) for i in cast(list[bytes], ids)]
+
+
+def _reason(exc: ValueError | PydanticSerializationError) -> str:
+    """What made a record unreadable, without its values (a record may hold a ciphertext)."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "record"
+        return f"{where}: {first['type']}"
+    return type(exc).__name__
+
+
+_RAW_FIELD = {name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
+              for name in ("org_id", "number")}
+
+
+def raw_field(raw: bytes, name: str) -> str | None:
+    """A top-level string field (`org_id`, `number`) of a record that does not load whole."""
+    match = _RAW_FIELD[name].search(raw)
+    if match is None:
+        return None
+    try:
+        value = json.loads(b'"' + match.group(1) + b'"')
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _text(value: Any) -> str:

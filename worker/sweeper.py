@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from worker.config import Settings
 from worker.observability import REQUEUED
-from worker.store import JobStore
+from worker.store import JobStore, UnreadableRecord
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,13 @@ class Sweeper:
         now = self.clock()
         resent: list[str] = []
         for job_id in self.store.due(now, self.batch):
-            job = self.store.get(job_id)
+            try:
+                job = self.store.get(job_id)
+            except UnreadableRecord as unreadable:
+                # Out of the index for good, so it cannot stall every later pass.
+                self.store.quarantine(job_id, unreadable.reason)
+                log.error("sweeper: %s; dead-lettered as unreadable_record", unreadable)
+                continue
             if job is None or job.state.terminal:
                 self.store.forget_active(job_id)
                 continue

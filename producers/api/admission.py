@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from producers.client import ProvisioningClient
 from worker.contract import ProvisionRequest
 from worker.records import Job, JobKind
-from worker.store import IdempotencyConflict
+from worker.store import IdempotencyConflict, UnreadableRecord
 
 ADMIT_LOCK_MS = 10_000
 
@@ -104,8 +104,16 @@ class Admission:
         an id whose job is gone or already terminal can never block a number.
         """
         store = self.client.store
-        jobs = (store.get(job_id) for job_id in store.jobs_in_flight(number))
-        return [job for job in jobs if job is not None and not job.state.terminal]
+        jobs: list[Job] = []
+        for job_id in store.jobs_in_flight(number):
+            try:
+                job = store.get(job_id)
+            except UnreadableRecord:
+                # It can never run (the worker dead-letters it unread): it blocks nothing.
+                continue
+            if job is not None and not job.state.terminal:
+                jobs.append(job)
+        return jobs
 
     def check_number(self, org_id: str, number: str) -> None:
         """Raise NumberUnavailable when the number is taken or has a job in flight.

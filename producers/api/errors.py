@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.contract import FieldError
+from worker.store import UnreadableRecord, UnstorableRecord
 
 log = logging.getLogger("trunkline.api")
 
@@ -146,6 +147,22 @@ def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
+def _unreadable(request: Request, exc: Exception) -> JSONResponse:
+    # The record may be another organisation's: name nothing of it to the caller.
+    log.error("unreadable record on %s: %s", request.url.path, exc)
+    return error_response(ApiError(
+        409, "record_unreadable", "A stored record this request needs cannot be read; it has "
+        "been set aside for an operator (dead letters, code unreadable_record). Other "
+        "requests are unaffected.", retryable=False))
+
+
+def _unstorable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("refused an unstorable request on %s", request.url.path)
+    return error_response(ApiError(
+        400, "unstorable_request", "The request could not be stored so that it reads back "
+        "exactly; nothing was stored", field="body"))
+
+
 def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unreachable on %s: %s", request.url.path, type(exc).__name__)
     return error_response(redis_unavailable())
@@ -155,6 +172,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(UnreadableRecord, _unreadable)
+    app.add_exception_handler(UnstorableRecord, _unstorable)
     for kind in REDIS_DOWN:
         app.add_exception_handler(kind, _redis_down)
     app.add_middleware(CatchAll)

@@ -512,6 +512,32 @@ def test_a_client_gone_mid_body_is_logged_at_info(
     assert harness.all_job_keys() == []
 
 
+def test_deeply_nested_metadata_is_a_400_that_stores_nothing(harness: Harness) -> None:
+    """A few hundred bytes of nested lists: once a 500 after the job was stored and queued."""
+    body = json.dumps(seed()).replace('"number"', '"metadata": {"x": ' + "[" * 250 + "]" * 250
+                                      + '}, "number"', 1).encode()
+    answer = harness.request("POST", CREATE, content=body)
+    assert answer.status == 400, answer.body
+    assert answer.body["error"]["field"] == "metadata"
+    assert "deep" in answer.body["error"]["details"][0]["message"]
+    assert harness.all_job_keys() == []
+
+
+def test_an_unreadable_job_is_named_not_a_500_and_blocks_nothing(harness: Harness) -> None:
+    """A corrupt record in Redis: GET of it is a 409 saying so; a create of its number, and
+    every other request, still works."""
+    job_id = "job_" + "c" * 32
+    keys = harness.client.store.keys
+    harness.redis.set(keys.job(job_id), b'{"job_id": "' + job_id.encode() + b'", "org_id": '
+                      b'"org_a", "number": "+15551234567", "state": "qu')
+    harness.redis.zadd(keys.in_flight("+15551234567"), {job_id: 1.0})
+    answer = harness.request("GET", f"/api/jobs/{job_id}")
+    assert answer.status == 409, answer.body
+    assert answer.body["error"]["code"] == "record_unreadable"
+    assert "Traceback" not in answer.text
+    assert harness.create().status == 200
+
+
 def test_redis_unreachable_is_503(make_harness: HarnessFactory) -> None:
     """With Redis down every Redis-backed route answers 503 redis_unavailable, retryable."""
     server = fakeredis.FakeServer()

@@ -410,7 +410,18 @@ def test_no_password_in_redis_responses_or_logs(
 
 # --------------------------------------------------------------------------- schemathesis
 
+# TRUNKLINE_FUZZ_EXAMPLES raises the test cases per operation; below the floor a green run
+# would prove too little, so the test refuses it.
+FUZZ_EXAMPLES_DEFAULT, FUZZ_EXAMPLES_FLOOR = 200, 100
+# schemathesis' own budget: the run took 392 s on 2 cores hogged by stress-ng (load average 9).
+SCHEMATHESIS_WAIT = 600
 
+
+# Every wait below is bounded, and the bounds add up to the cap:
+#   setup 150 s (worker ready 30 + API up 30 + seed request 30 + seed job 60)
+#   + schemathesis 600 s + teardown 50 s (API stopped 20 + worker stopped 30)
+#   + checks 20 s = 820 s.
+@pytest.mark.timeout(150 + SCHEMATHESIS_WAIT + 50 + 20)
 def test_schemathesis_finds_no_server_error(
     stack: Stack, tmp_path: Path, creds: Credentials, worker_factory: WorkerFactory,
 ) -> None:
@@ -418,12 +429,16 @@ def test_schemathesis_finds_no_server_error(
     the phone-number lifecycle (list, get, PATCH, DELETE) on a provisioned number included."""
     schemathesis = Path(sys.executable).with_name("schemathesis")
     assert schemathesis.exists(), "schemathesis is a dev dependency (pip install -e '.[dev]')"
+    examples = os.environ.get("TRUNKLINE_FUZZ_EXAMPLES", str(FUZZ_EXAMPLES_DEFAULT))
+    if not examples.isdigit() or int(examples) < FUZZ_EXAMPLES_FLOOR:
+        pytest.fail(f"TRUNKLINE_FUZZ_EXAMPLES={examples!r}: use at least "
+                    f"{FUZZ_EXAMPLES_FLOOR} test cases per operation (default "
+                    f"{FUZZ_EXAMPLES_DEFAULT}); fewer would make a green run meaningless")
     worker_factory()
     server = start_api(stack, tmp_path / "api-fuzz.log", TRUNKLINE_API_WAIT_SECONDS="0.5",
                        TRUNKLINE_API_RATE_LIMIT="0", TRUNKLINE_WEBHOOK_SOURCES=json.dumps(
                            {"crm": {"secret": WEBHOOK_SECRET, "org_id": "org_fuzz"}}))
     headers = creds("org_fuzz")
-    examples = os.environ.get("TRUNKLINE_FUZZ_EXAMPLES", "200")
     try:
         # A real job, a provisioned number and the configured webhook source, so those
         # operations get past 404 (until the fuzzer releases the number).
@@ -447,7 +462,8 @@ def test_schemathesis_finds_no_server_error(
              "--generation-database", "none", "--suppress-health-check", "all",
              "-H", f"X-API-KEY: {headers['X-API-KEY']}",
              "-H", f"X-API-SECRET: {headers['X-API-SECRET']}"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=900, check=False,
+            cwd=tmp_path, capture_output=True, text=True, timeout=SCHEMATHESIS_WAIT,
+            check=False,
         )
         report = ran.stdout[-6000:] + ran.stderr[-2000:]
         print(ran.stdout)  # the run's summary, shown with -s or on failure

@@ -7,8 +7,8 @@
 #   bash ops/mutants.sh 'worker.retry*'  only the mutants whose names match
 #
 # MUTANTS_CHILDREN (default 2) caps the parallel pytest processes; they run under `nice` so
-# a shared machine stays usable. The per-module table and the survivors are printed at the end
-# and kept in mutants/summary.txt.
+# a shared machine stays usable. mutmut's progress goes to mutants/run.log; the per-module
+# table and the surviving mutants are printed at the end and kept in mutants/summary.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,12 +18,13 @@ children="${MUTANTS_CHILDREN:-2}"
 # mutmut keeps verdicts between runs and would not re-judge a survivor after a test was added:
 # a recorded score must come from a clean run.
 rm -rf mutants
+mkdir mutants
 # Hypothesis draws the same examples for every mutant (tests/worker/conftest.py).
 export TRUNKLINE_HYPOTHESIS_PROFILE=mutants
 
 started=$(date +%s)
-nice -n 10 "$BIN/mutmut" run --max-children "$children" "$@" > mutants.log 2>&1 || {
-    tail -n 40 mutants.log >&2
+nice -n 10 "$BIN/mutmut" run --max-children "$children" "$@" > mutants/run.log 2>&1 || {
+    tail -n 40 mutants/run.log >&2
     exit 1
 }
 elapsed=$(( $(date +%s) - started ))
@@ -37,7 +38,8 @@ elapsed = int(sys.argv[1])
 # mutmut's exit codes per mutant (mutmut/stats.py): 1 and 3 the tests failed, 0 they passed.
 KILLED, SURVIVED = {1, 3}, {0}
 TIMEOUT = {24, -24, 36, 152, 255}
-survivors = []
+survivors: list[str] = []
+untested_names: list[str] = []
 print(f"{'module':<20} {'mutants':>7} {'killed':>7} {'survived':>8} {'timeout':>7} "
       f"{'no tests':>8} {'other':>5}  score")
 for meta in sorted(Path("mutants/worker").glob("*.py.meta")):
@@ -56,8 +58,13 @@ for meta in sorted(Path("mutants/worker").glob("*.py.meta")):
     print(f"worker/{module + '.py':<13} {len(checked):>7} {killed:>7} {len(survived):>8} "
           f"{timeout:>7} {untested:>8} {other:>5}  {score:.1%}")
     survivors += sorted(survived)
+    untested_names += sorted(name for name, code in checked.items() if code in {5, 33})
 print(f"run time: {elapsed // 60} min {elapsed % 60} s")
 print("survivors (inspect one with: .venv/bin/mutmut show NAME):")
 for name in survivors:
     print(f"  {name}")
+if untested_names:
+    print("not covered by the selected tests:")
+    for name in untested_names:
+        print(f"  {name}")
 EOF

@@ -8,13 +8,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
+import structlog
 from prometheus_client import REGISTRY
 
 from tests.worker.fake_livekit import NUMBER, ORG, PASSWORD, Fault, Harness
 from worker.records import Job, JobError, JobState, Phase, StepName, StepStatus
+from worker.retry import ProvisioningFailure, RetryPolicy
 from worker.runner import COMPENSATION_ATTEMPT_FACTOR, JobRunner, Outcome, event_payload
 from worker.saga import StepHooks, tag
 from worker.store import RESULTS_STREAM
@@ -881,3 +884,168 @@ def test_compensation_permanent_error_gives_up_at_once(
         f"outbound_trunk:{stored.step(StepName.OUTBOUND_TRUNK).resource_id}"]
     assert (f"job {job.job_id} compensation gave up (livekit_rejected); "
             f"leftovers {stored.leftovers}" in messages(caplog))
+
+
+def test_runner_takes_its_retry_policy_from_the_settings() -> None:
+    """Attempts, backoff base and cap, and the settle time after unknown outcomes come from
+    the settings."""
+    harness = Harness(max_attempts=7, backoff_base=2.5, backoff_cap=10.0, livekit_timeout=3.0)
+    try:
+        assert harness.settings.effective_backoff_cap == 10.0
+        assert harness.runner().policy == RetryPolicy(
+            max_attempts=7, base=2.5, cap=10.0, settle=3.0)
+    finally:
+        harness.close()
+
+
+def test_run_binds_the_job_to_the_log_context(h: Harness) -> None:
+    """While a job runs, every log line carries its job id, organisation and kind."""
+    job = h.submit()
+    seen: list[dict[str, Any]] = []
+    hooks = StepHooks(reached=lambda point, j: seen.append(structlog.contextvars.get_contextvars()))
+
+    fixed_runner(h, hooks=hooks).run(job.job_id)
+
+    assert seen
+    assert seen[-1] == {"job_id": job.job_id, "org_id": ORG, "kind": "create"}
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_unknown_job_is_logged_by_id(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """Dropping a message for an unknown job says which id it named."""
+    caplog.set_level("ERROR", logger="worker.runner")
+
+    h.runner().run("job_doesnotexist")
+
+    assert messages(caplog) == [
+        "job job_doesnotexist not found in the job store; dropping its message"]
+
+
+def test_locked_number_waits_for_the_lease_to_end(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A locked number's job comes back once the holder's lease ends, plus a margin and jitter."""
+    caplog.set_level("INFO", logger="worker.runner")
+    job = h.submit()
+    assert h.store.acquire_number_lock(NUMBER, "job_someoneelse:abc123", 10)
+
+    outcome = fixed_runner(h, rand=lambda: 0.5).run(job.job_id)
+
+    assert outcome.kind == "retry"
+    assert outcome.detail == "number locked"
+    # The lease has just under 10 s left: 10 + 0.2 margin + 0.5 jitter.
+    assert 10.6 < outcome.delay <= 10.7
+    assert messages(caplog) == [
+        f"job {job.job_id} waits {outcome.delay:.1f}s: {NUMBER} is locked by job_someoneelse"]
+
+
+def test_run_that_loses_its_lease_says_so(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """A run whose lock was taken over is skipped as such, with the store's reason logged."""
+    caplog.set_level("WARNING", logger="worker.runner")
+    job = h.submit()
+
+    def take_over(point: str, running: Job) -> None:
+        if point == "after_trunks":
+            h.redis.set(h.store.keys.number_lock(NUMBER), f"{running.job_id}:other-run")
+
+    h.saga.hooks = StepHooks(reached=take_over)
+
+    assert h.runner().run(job.job_id) == Outcome("skipped", 0.0, "lease lost")
+    assert messages(caplog) == [
+        f"job {job.job_id} lost its lock on {NUMBER}; leaving the job to the run that holds it"]
+
+
+def test_job_finished_while_waiting_for_the_lock_is_skipped(h: Harness) -> None:
+    """A job found terminal once the lock is held (another run finished it) is left alone."""
+    job = h.submit()
+    update(h, job, lambda j: setattr(j, "state", JobState.SUCCEEDED))
+
+    # `job` is the copy read before the lock: still queued.
+    outcome = h.runner()._run(job)
+
+    assert outcome == Outcome("skipped", 0.0, "finished meanwhile")
+    assert sum(h.fake.calls.values()) == 0
+    assert h.reload(job).attempts == 0
+
+
+def test_deliveries_are_numbered_and_the_first_start_is_kept(h: Harness) -> None:
+    """Each delivery adds a numbered attempt with its error; the job keeps its first start."""
+    job = h.submit()
+    h.fake.inject("CreateSIPOutboundTrunk", Fault.unreachable(), Fault.http(503))
+    now = [NOW]
+    runner = JobRunner(h.store, h.saga, h.settings, clock=lambda: now[0], rand=lambda: 0.5)
+
+    kinds = []
+    for start in (NOW, NOW + 10, NOW + 20):
+        now[0] = start
+        kinds.append(runner.run(job.job_id).kind)
+
+    assert kinds == ["retry", "retry", "finished"]
+    stored = h.reload(job)
+    assert stored.started_at == datetime.fromtimestamp(NOW, UTC)
+    assert [a.number for a in stored.history] == [1, 2, 3]
+    assert [a.started_at for a in stored.history] == [
+        datetime.fromtimestamp(t, UTC) for t in (NOW, NOW + 10, NOW + 20)]
+    assert [a.error.code if a.error else None for a in stored.history] == [
+        "livekit_unavailable", "livekit_server_error", None]
+    assert all(a.finished_at is not None for a in stored.history)
+
+
+def test_running_job_is_due_for_the_sweeper_when_its_lease_ends(h: Harness) -> None:
+    """While a delivery runs, the job's sweep deadline is the end of the run's lease."""
+    job = h.submit()
+    deadlines: list[float | None] = []
+    hooks = StepHooks(reached=lambda point, j: deadlines.append(deadline_of(h, j)))
+
+    fixed_runner(h, hooks=hooks).run(job.job_id)
+
+    assert deadlines[0] == NOW + h.settings.lease_seconds
+
+
+def test_retry_time_is_in_utc(h: Harness) -> None:
+    """Times the runner computes from its clock are timezone-aware UTC."""
+    job = h.submit()
+    h.fake.inject("CreateSIPOutboundTrunk", Fault.unreachable())
+
+    fixed_runner(h).run(job.job_id)
+
+    stored = h.reload(job)
+    assert stored.next_attempt_at == datetime.fromtimestamp(NOW + 1.0, UTC)
+    assert stored.started_at == datetime.fromtimestamp(NOW, UTC)
+
+
+def test_interrupted_run_names_the_interruption(h: Harness) -> None:
+    """The attempt stopped by a soft time limit records which interruption stopped it."""
+    job = h.submit()
+
+    def stop(point: str, running: Job) -> None:
+        if point == "after_trunks":
+            raise SoftLimit
+
+    h.saga.hooks = StepHooks(reached=stop)
+
+    fixed_runner(h, interruptions=(SoftLimit,)).run(job.job_id)
+
+    assert h.reload(job).history[-1].error == JobError(
+        code="run_interrupted", message="SoftLimit", retryable=True)
+
+
+def test_giving_up_on_a_retryable_failure_keeps_its_field(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retryable failure at the attempt limit fails the job with its code and field, logged."""
+    caplog.set_level("WARNING", logger="worker.runner")
+    job = update(h, h.submit(), lambda j: setattr(j, "attempts", h.settings.max_attempts - 1))
+
+    def fail(point: str, running: Job) -> None:
+        if point == "after_trunks":
+            raise ProvisioningFailure("number_busy", "try later", retryable=True, field="number")
+
+    h.saga.hooks = StepHooks(reached=fail)
+
+    assert h.runner().run(job.job_id) == Outcome("finished", detail="failed")
+
+    assert h.reload(job).error == JobError(
+        code="number_busy", retryable=True, field="number",
+        message="gave up after 3 attempts: try later")
+    assert f"job {job.job_id} failed permanently (number_busy); compensating" in messages(caplog)

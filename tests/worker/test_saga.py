@@ -944,3 +944,96 @@ def test_compensated_steps_are_stamped(h: Harness) -> None:
         assert step.finished_at is not None
         assert step.started_at is not None
         assert step.finished_at >= step.started_at
+
+
+def test_trunks_are_named_after_the_request(h: Harness) -> None:
+    """Both trunks carry the request's name, as the rule does."""
+    result = provision(h, h.submit())
+
+    assert h.fake.inbound[result.inbound_trunk_id]["name"] == "Acme main line"
+    assert h.fake.outbound[result.outbound_trunk_id]["name"] == "Acme main line"
+
+
+@pytest.mark.parametrize("metadata", ['{"trunkline": "job_x"}', '{"trunkline": 5}', "[1]", ""])
+def test_read_tag_ignores_anything_but_a_tag_object(metadata: str) -> None:
+    """Metadata whose `trunkline` entry is not an object (or absent) is not our tag."""
+    assert read_tag(metadata) is None
+
+
+def test_phone_number_id_is_derived_from_the_job_id(h: Harness) -> None:
+    """Every run of a job writes the same record id: pn_ and the job id's own part."""
+    job = h.submit()
+
+    assert phone_number_id_for(job) == "pn_" + job.job_id[len("job_"):]
+
+
+def test_provision_passes_every_recovery_point_in_order(h: Harness) -> None:
+    """Fault injection can stop a run at each named point, with the job in hand."""
+    job = h.submit()
+    points: list[tuple[str, Job]] = []
+    h.saga.hooks = StepHooks(reached=lambda point, j: points.append((point, j)))
+
+    provision(h, job)
+
+    assert [point for point, _ in points] == [
+        "before_trunks", "after_trunks", "after_rule", "after_record"]
+    assert all(j is job for _, j in points)
+
+
+def test_every_step_is_timed_under_its_own_name(h: Harness) -> None:
+    """Each step's LiveKit call or record write lands in the step-duration histogram."""
+    steps = ["inbound_trunk", "outbound_trunk", "dispatch_rule", "phone_number"]
+
+    def counts() -> list[float]:
+        return [REGISTRY.get_sample_value("trunkline_step_duration_seconds_count",
+                                          {"step": step}) or 0.0 for step in steps]
+
+    before = counts()
+
+    provision(h, h.submit())
+
+    assert counts() == [n + 1 for n in before]
+
+
+def test_rule_conflict_is_looked_up_by_the_conflicting_rule(
+    h: Harness, recorded: Recorded
+) -> None:
+    """A rule conflict reads just the rule LiveKit named, to see whether it is ours."""
+    job = h.submit()
+    inbound = seed_step_object(h, job, StepName.INBOUND_TRUNK)
+    job.step(StepName.INBOUND_TRUNK).status = StepStatus.DONE
+    job.step(StepName.INBOUND_TRUNK).resource_id = inbound
+    mine = seed_step_object(h, job, StepName.DISPATCH_RULE, trunk_ids=[inbound])
+
+    run_saga(h, recorded.saga, job)
+
+    assert job.step(StepName.DISPATCH_RULE).resource_id == mine
+    assert [b.get("dispatch_rule_ids") for b in recorded.bodies("ListSIPDispatchRule")] == [
+        [mine]]
+
+
+def test_rule_conflict_without_an_id_is_dispatch_rule_conflict(h: Harness) -> None:
+    """A rule conflict that names no rule fails as dispatch_rule_conflict, with '?'."""
+    job = h.submit()
+    h.fake.inject(CREATE_RULE, Fault.http(
+        400, "Dispatch rule for the same trunk already exists", code="invalid_argument"))
+
+    with pytest.raises(ProvisioningFailure) as failure:
+        provision(h, job)
+
+    assert failure.value.code == "dispatch_rule_conflict"
+    inbound = job.step(StepName.INBOUND_TRUNK).resource_id
+    assert failure.value.message == (
+        f"LiveKit dispatch rule ? already routes calls of inbound trunk {inbound}; "
+        "it was not created by this job")
+    assert h.fake.calls["ListSIPDispatchRule"] == 0
+
+
+def test_rule_without_an_inbound_trunk_id_is_a_bug_named_as_such(h: Harness) -> None:
+    """A rule step reached without the inbound trunk's id stops, naming the missing step."""
+    job = h.submit()
+    for name in (StepName.INBOUND_TRUNK, StepName.OUTBOUND_TRUNK):
+        job.step(name).status = StepStatus.DONE
+
+    with pytest.raises(RuntimeError, match=r"^step inbound_trunk has no id yet$"):
+        provision(h, job)

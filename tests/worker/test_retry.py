@@ -311,3 +311,12 @@ def test_provisioning_failure_reads_as_its_message() -> None:
 
     assert str(failure) == "the number is taken"
     assert (failure.code, failure.retryable, failure.field) == ("number_conflict", False, "number")
+
+
+def test_backoff_exponent_is_clamped_at_one_thousand() -> None:
+    """Past attempt 1001 the ceiling stops doubling (2.0 ** 1024 would overflow)."""
+    tiny = RetryPolicy(base=2.0 ** -1000, cap=300.0)
+
+    assert backoff(1001, tiny, one) == 1.0
+    assert backoff(5000, tiny, one) == 1.0
+    assert backoff(1000, tiny, one) == 0.5

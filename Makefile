@@ -66,6 +66,7 @@ $(DEV_ENV): | $(STAMP)
 run: $(STAMP) $(DEV_ENV) stack-up
 	$(SIP) up
 	@eval "$$($(STACK) env)"; eval "$$($(SIP) env)"; source $(DEV_ENV); \
+	export TRUNKLINE_GATEWAY_ALLOWLIST=$${TRUNKLINE_GATEWAY_ALLOWLIST-127.0.0.0/8}; \
 	echo "worker on $$REDIS_URL, LiveKit at $$LIVEKIT_URL"; \
 	$(BIN)/celery -A worker worker --loglevel=INFO & worker=$$!; \
 	LIVEKIT_URL="ws://$${LIVEKIT_URL#http://}" TRUNKLINE_AGENT_NAME=$(AGENT_NAME) \

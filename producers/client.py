@@ -115,7 +115,8 @@ class ProvisioningClient:
 
     def validate(self, request: Mapping[str, Any]) -> ProvisionRequest:
         """Raise worker.contract.InvalidRequest naming every bad field."""
-        return parse_request(dict(request), strict_numbers=self.settings.strict_numbers)
+        return parse_request(dict(request), strict_numbers=self.settings.strict_numbers,
+                             gateway_policy=self.settings.gateway_policy)
 
     def submit(
         self,
@@ -159,7 +160,8 @@ class ProvisioningClient:
         such number; the ids on LiveKit stay the same.
         """
         canonical = self._canonical(number)
-        change = parse_change(dict(changes), strict_numbers=self.settings.strict_numbers)
+        change = parse_change(dict(changes), strict_numbers=self.settings.strict_numbers,
+                             gateway_policy=self.settings.gateway_policy)
         material = {
             "update": canonical,
             "changes": {k: v for k, v in change.values.fingerprint_material().items()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from worker.gateway_policy import GatewayPolicy
 
 
 class ConfigError(ValueError):
@@ -85,6 +87,7 @@ class Settings:
     backoff_cap: float = 300.0
     livekit_timeout: float = 10.0
     strict_numbers: bool = False
+    gateway_policy: GatewayPolicy = field(default_factory=GatewayPolicy)
     results_maxlen: int = 100_000
     queue: str = "trunkline.provision"
     metrics_port: int | None = None
@@ -108,6 +111,7 @@ class Settings:
             backoff_cap=env_float(env, "TRUNKLINE_BACKOFF_MAX", 300.0, minimum=0.01),
             livekit_timeout=env_float(env, "TRUNKLINE_LIVEKIT_TIMEOUT", 10.0, minimum=0.1),
             strict_numbers=_bool(env, "TRUNKLINE_STRICT_NUMBERS", False),
+            gateway_policy=_gateway_policy(env),
             results_maxlen=env_int(env, "TRUNKLINE_RESULTS_MAXLEN", 100_000, minimum=100),
             queue=env.get("TRUNKLINE_QUEUE", "").strip() or "trunkline.provision",
             metrics_port=env_int(env, "TRUNKLINE_METRICS_PORT", 0, minimum=0,
@@ -162,3 +166,10 @@ class Settings:
     @property
     def sweep_interval(self) -> float:
         return max(1.0, min(30.0, self.visibility_timeout / 8))
+
+
+def _gateway_policy(env: Mapping[str, str]) -> GatewayPolicy:
+    try:
+        return GatewayPolicy.parse(env.get("TRUNKLINE_GATEWAY_ALLOWLIST", "").split(","))
+    except ValueError as exc:
+        raise ConfigError(f"TRUNKLINE_GATEWAY_ALLOWLIST: {exc}") from None

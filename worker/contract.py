@@ -26,6 +26,9 @@ from pydantic import (
     field_validator,
 )
 
+from worker.gateway_policy import GatewayPolicy
+
+DEFAULT_GATEWAY_POLICY = GatewayPolicy()
 MAX_METADATA_BYTES = 2048
 # Nesting and key counts are bounded as well as size: a few hundred bytes of nested lists are
 # valid JSON that pydantic's JSON parser (and Redis's cjson) refuse to read back past their
@@ -136,8 +139,9 @@ def _split_host_port(text: str) -> tuple[str, str | None]:
     return host, port if ":" in text else None
 
 
-def validate_gateway_address(raw: str) -> str:
-    """A SIP provider gateway: hostname or IP, optional port; no URI syntax."""
+def validate_gateway_address(raw: str, policy: GatewayPolicy | None = None) -> str:
+    """A SIP provider gateway: hostname or IP, optional port; no URI syntax; not a target
+    inside the platform (`worker.gateway_policy`)."""
     text = raw.strip()
     lowered = text.lower()
     for token in _FORBIDDEN_IN_ADDRESS:
@@ -150,9 +154,10 @@ def validate_gateway_address(raw: str) -> str:
         raise ValueError("must be a hostname or IP with an optional port, without spaces")
     if len(text) > 260:
         raise ValueError("is longer than 260 characters")
-    _, port = _split_host_port(text)
+    host, port = _split_host_port(text)
     if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise ValueError("has a port that is not a number from 1 to 65535")
+    (policy or DEFAULT_GATEWAY_POLICY).check(host)
     return text
 
 
@@ -194,8 +199,9 @@ class ProvisionRequest(BaseModel):
 
     @field_validator("outbound_pstn")
     @classmethod
-    def _gateway(cls, value: str) -> str:
-        return validate_gateway_address(value)
+    def _gateway(cls, value: str, info: ValidationInfo) -> str:
+        policy = info.context.get("gateway_policy") if info.context else None
+        return validate_gateway_address(value, policy)
 
     @field_validator("name")
     @classmethod
@@ -360,13 +366,15 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     return errors
 
 
-def parse_request(data: Any, *, strict_numbers: bool = False) -> ProvisionRequest:
+def parse_request(data: Any, *, strict_numbers: bool = False,
+                  gateway_policy: GatewayPolicy | None = None) -> ProvisionRequest:
     """Validate a producer's request; raise InvalidRequest naming every bad field."""
     if not isinstance(data, dict):
         raise InvalidRequest([FieldError(field="body", message="must be a JSON object",
                                          code="type_error")])
     try:
-        return ProvisionRequest.model_validate(data, context={"strict_numbers": strict_numbers})
+        return ProvisionRequest.model_validate(data, context={
+            "strict_numbers": strict_numbers, "gateway_policy": gateway_policy})
     except ValidationError as exc:
         raise InvalidRequest(field_errors(exc)) from None
 
@@ -392,7 +400,8 @@ class ChangeRequest(BaseModel):
     fields: frozenset[str]
 
 
-def parse_change(data: Any, *, strict_numbers: bool = False) -> ChangeRequest:
+def parse_change(data: Any, *, strict_numbers: bool = False,
+                 gateway_policy: GatewayPolicy | None = None) -> ChangeRequest:
     """Validate an update (any subset of the request's fields except `number`)."""
     if not isinstance(data, dict):
         raise InvalidRequest([FieldError(field="body", message="must be a JSON object",
@@ -412,7 +421,7 @@ def parse_change(data: Any, *, strict_numbers: bool = False) -> ChangeRequest:
     try:
         values = ProvisionRequest.model_validate(
             {**_PLACEHOLDER, **patch, "number": _PLACEHOLDER["number"]},
-            context={"strict_numbers": strict_numbers},
+            context={"strict_numbers": strict_numbers, "gateway_policy": gateway_policy},
         )
     except ValidationError as exc:
         errors.extend(field_errors(exc))

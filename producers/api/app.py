@@ -183,7 +183,8 @@ def _parse_json(body: bytes) -> Any:
 
 def _validate(state: ApiState, data: Any) -> ProvisionRequest:
     try:
-        return parse_request(data, strict_numbers=state.settings.strict_numbers)
+        return parse_request(data, strict_numbers=state.settings.strict_numbers,
+                             gateway_policy=state.settings.gateway_policy)
     except InvalidRequest as exc:
         raise validation_error(exc.errors) from None
 
@@ -590,7 +591,8 @@ async def update_phone_number(
     data = _parse_json(body)
     errors = [error] if (error := _number_error(number)) is not None else []
     try:
-        parse_change(data, strict_numbers=state.settings.strict_numbers)
+        parse_change(data, strict_numbers=state.settings.strict_numbers,
+                             gateway_policy=state.settings.gateway_policy)
     except InvalidRequest as exc:
         errors += exc.errors
     if errors:

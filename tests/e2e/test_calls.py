@@ -10,7 +10,9 @@ what it hears.
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,9 @@ MEDIA_WAIT = 15.0
 LEAVE_WAIT = 15.0
 # A call that must not be routed: the caller gives up after this many seconds.
 UNROUTED_RING_LIMIT = 8
+# With a guard trunk a call that must not be routed ends with a final failure within this.
+REFUSED_WITHIN = 5.0
+SIP_ADMIN = {"sip": {"admin": True}}
 
 
 def dial(bridge: Bridge, number: str, tmp_path: Path, name: str, *, hold: float,
@@ -293,6 +298,57 @@ def test_an_unprovisioned_number_gets_no_room(
 
     expect_unrouted_call(bridge, rooms, agents, number="+15551230599", tmp_path=tmp_path,
                          name="caller-unprovisioned")
+
+
+@pytest.fixture
+def guard_trunk(rooms: LiveKitRooms) -> Iterator[str]:
+    """The operator's catch-all inbound trunk (README, "Refusing unknown numbers at once"): no
+    numbers, digest credentials nobody has. Removed after the test."""
+    trunk = rooms.call("livekit.SIP/CreateSIPInboundTrunk", {"trunk": {
+        "name": "reject-unknown-numbers", "auth_username": "nobody",
+        "auth_password": secrets.token_hex(16)}}, SIP_ADMIN)
+    yield str(trunk["sip_trunk_id"])
+    rooms.call("livekit.SIP/DeleteSIPTrunk", {"sip_trunk_id": trunk["sip_trunk_id"]},
+               SIP_ADMIN)
+
+
+def expect_refused_call(bridge: Bridge, rooms: LiveKitRooms, agents: dict[str, AgentProcess],
+                        *, number: str, tmp_path: Path, name: str) -> None:
+    """Call ``number``: a final 401/407 (the guard's digest challenge, which the caller cannot
+    answer) within REFUSED_WITHIN seconds, no room, no agent job."""
+    before = rooms.room_names()
+    jobs_before = {n: a.rooms() for n, a in agents.items()}
+    started = time.monotonic()
+    call = dial(bridge, number, tmp_path, name, hold=1, ring_limit=UNROUTED_RING_LIMIT)
+    finish(call, timeout=UNROUTED_RING_LIMIT + 15)
+    elapsed = time.monotonic() - started
+    final = [code for code in call.sipp.invite_statuses() if code >= 200]
+    assert final and final[0] in (401, 407), explain(f"final answers {final}", call, bridge)
+    assert call.logged("CALLER REJECTED"), explain(call)
+    assert elapsed < REFUSED_WITHIN, explain(f"refused only after {elapsed:.1f}s", call)
+    assert rooms.room_names() - before == set()
+    assert {n: a.rooms() for n, a in agents.items()} == jobs_before
+
+
+def test_with_a_guard_trunk_unknown_and_released_numbers_are_refused_at_once(
+    bridge: Bridge, rooms: LiveKitRooms, customer: Customer, agents: dict[str, AgentProcess],
+    guard_trunk: str, tmp_path: Path,
+) -> None:
+    """With the operator's catch-all trunk in place, a number provisioned through the API is
+    still answered by its agent (LiveKit prefers the trunk naming the number), while a number
+    never provisioned, and the same number after DELETE, get a final failure at once."""
+    number, prefix = "+15551231001", unique_prefix("guard")
+    view = customer.provision(number=number, room_prefix=prefix, agent=AGENT)
+    call, _, _ = answered_call(bridge, rooms, agents[AGENT], view, number=number,
+                               prefix=prefix, tmp_path=tmp_path, name="caller-provisioned",
+                               hold=1)
+    assert finish(call) == 0, explain(call, bridge)
+
+    expect_refused_call(bridge, rooms, agents, number="+15551231099", tmp_path=tmp_path,
+                        name="caller-unprovisioned")
+    customer.release(number)
+    expect_refused_call(bridge, rooms, agents, number=number, tmp_path=tmp_path,
+                        name="caller-released")
 
 
 # ------------------------------------------------------------------------------ update, release

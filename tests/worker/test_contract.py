@@ -19,9 +19,12 @@ from worker.contract import (
     ProvisionRequest,
     Transport,
     canonical_number,
+    field_errors,
     parse_change,
     parse_request,
+    validate_gateway_address,
 )
+from worker.gateway_policy import GatewayPolicy
 
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 CANARY = "Canary-Pw-7f3b9c1d"
@@ -673,3 +676,71 @@ def test_change_passes_under_strict_numbers() -> None:
 
     assert change.values.name == "Renamed"
     assert change.fields == frozenset({"name"})
+
+
+# --------------------------------------------------------------------------- found by mutants
+# Pinned down after mutation testing (`make mutants`) showed these went unchecked.
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("[2001:db8::1", "has an unclosed '[' around an IPv6 address"),
+        ("[2001:db8::1]5060", "may only have ':port' after ']'"),
+        ("[not-ipv6]:5060", "has an invalid IPv6 address in brackets"),
+        ("[2001:db8::1]:50]60", "has a port that is not a number from 1 to 65535"),
+    ],
+)
+def test_gateway_bracket_errors_are_worded_exactly(address: str, message: str) -> None:
+    """Each bracket problem has its own message; the first ']' closes the address."""
+    assert [e.message for e in refused(body(outboundPstn=address))] == [message]
+
+
+def test_gateway_accepts_the_shortest_bracketed_ipv6() -> None:
+    """The whole text between the brackets is the address, even a three-character one."""
+    allow_loopback = GatewayPolicy.parse(["::1"])
+
+    assert validate_gateway_address("[::1]:5060", allow_loopback) == "[::1]:5060"
+
+
+def test_invalid_request_reads_as_every_field_error() -> None:
+    """The exception's text lists every field with its message, separated by '; '."""
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(body(name="", number=DROP))
+
+    assert str(info.value) == "invalid request: name: must not be empty; number: is required"
+
+
+def test_unknown_field_and_wrong_choice_are_worded() -> None:
+    """An unknown field says to check its spelling; a wrong choice keeps pydantic's words."""
+    errors = refused(body(transprt="udp", transport="sctp"))
+
+    assert {e.field: e.message for e in errors} == {
+        "transprt": "is not a known field (check its spelling)",
+        "transport": "Input should be 'auto', 'udp', 'tcp' or 'tls'",
+    }
+
+
+@pytest.mark.parametrize(
+    ("loc", "field"),
+    [(("metadata", "crm", 0, "id"), "metadata.crm.id"), ((), "body"), ((0,), "body")],
+)
+def test_field_names_join_the_location_without_indexes(
+    loc: tuple[int | str, ...], field: str
+) -> None:
+    """A nested location reads as dotted names; one with no name is the body."""
+    error = ValidationError.from_exception_data(
+        "ProvisionRequest", [{"type": "missing", "loc": loc, "input": {}}])
+
+    assert [e.field for e in field_errors(error)] == [field]
+
+
+def test_fingerprint_material_is_plain_json() -> None:
+    """The fingerprint hashes JSON values (lists and strings), the same in every process."""
+    request = parse_request(body(allowedAddresses=["203.0.113.5"], transport="udp"))
+
+    material = request.fingerprint_material()
+
+    assert material["allowedAddresses"] == ["203.0.113.5"]
+    assert type(material["transport"]) is str
+    assert material["transport"] == "udp"

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import fakeredis
 import pytest
@@ -162,8 +163,7 @@ def test_only_one_of_two_sweepers_acts_in_an_interval(
     assert first_calls.ids == [job.job_id]
     assert second_calls.ids == []
     ttl_ms = store.redis.pttl(store.keys.sweeper_lock)
-    # 90% of the interval: the lock is free again when the next interval's sweep starts.
-    assert config.sweep_interval * 800 < ttl_ms <= config.sweep_interval * 900
+    assert 0 < ttl_ms <= config.sweep_interval * 1000
 
 
 def test_sweep_sends_at_most_a_batch(
@@ -365,3 +365,24 @@ def test_resent_jobs_are_logged_ten_at_most(
     names = ", ".join(job.job_id for job in jobs[:10])
     assert [r.getMessage() for r in caplog.records] == [
         f"sweeper re-enqueued 11 overdue job(s): {names}"]
+
+
+
+def test_sweeper_lock_lasts_nine_tenths_of_the_interval(
+    store: JobStore, vault: Vault, config: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep lock expires before the next interval, so some sweeper acts every interval."""
+    add(store, vault, NOW - 5)
+    taken: list[tuple[str, dict[str, Any]]] = []
+    real_set = store.redis.set
+
+    def recording_set(name: str, value: Any, **options: Any) -> Any:
+        taken.append((name, options))
+        return real_set(name, value, **options)
+
+    monkeypatch.setattr(store.redis, "set", recording_set)
+
+    Sweeper(store, Enqueued(), config, clock=lambda: NOW).sweep_once()
+
+    assert config.sweep_interval == 7.5
+    assert (store.keys.sweeper_lock, {"nx": True, "px": 6750}) in taken

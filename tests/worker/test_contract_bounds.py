@@ -79,18 +79,28 @@ def test_usual_usernames_are_accepted(username: str) -> None:
     assert parse_request(request_data(authUserName=username)).auth_user_name == username
 
 
-JSON_LEAVES = (st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
-               | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
-JSON_VALUES = st.recursive(
-    JSON_LEAVES,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
-    max_leaves=30)
+# Unicode edges: lone surrogates (valid as JSON escapes, not as text), controls, NUL, the
+# line and paragraph separators, non-characters, astral characters.
+EDGE_TEXT = st.one_of(
+    st.text(max_size=20),
+    st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3),
+    st.text(st.sampled_from("\x00\r\n\x1b\x7f\u2028\u2029\ufeff\uffff\U0001f600\u0301"),
+            min_size=1, max_size=6))
+JSON_LEAVES = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+               | st.floats() | EDGE_TEXT)
+JSON_VALUES = st.one_of(
+    st.recursive(
+        JSON_LEAVES,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(EDGE_TEXT, inner,
+                                                                     max_size=4),
+        max_leaves=30),
+    st.integers(1, 300).map(nested),  # nesting on both sides of every limit
+)
 
 
-@settings(max_examples=200, deadline=None)
-@given(metadata=st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=6),
-       name=st.text(min_size=1, max_size=40))
+@settings(max_examples=300, deadline=None)
+@given(metadata=st.dictionaries(EDGE_TEXT, JSON_VALUES, max_size=6),
+       name=st.one_of(st.text(min_size=1, max_size=40), EDGE_TEXT))
 def test_what_the_contract_accepts_reads_back_from_the_job_record_exactly(
     metadata: dict[str, Any], name: str,
 ) -> None:

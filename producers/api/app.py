@@ -145,7 +145,15 @@ def _check_content_type(request: Request) -> None:
     raw = request.headers.get("content-type")
     if raw is None or not raw.strip():
         return
-    media = raw.split(";", 1)[0].strip().lower()
+    media, _, parameters = raw.partition(";")
+    media = media.strip().lower()
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        charset = value.strip().strip('"').lower()
+        # The body is read as UTF-8 (RFC 8259); another declared charset would be misread.
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8", "us-ascii"):
+            raise ApiError(415, "unsupported_media_type", "Send the body as UTF-8 JSON "
+                           f"(got charset {charset[:40]!r})", field="Content-Type")
     if media in _ACCEPTED_TYPES or (media.startswith("application/") and media.endswith("+json")):
         return
     raise ApiError(415, "unsupported_media_type",

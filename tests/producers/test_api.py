@@ -512,6 +512,20 @@ def test_a_client_gone_mid_body_is_logged_at_info(
     assert harness.all_job_keys() == []
 
 
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-16",
+                                          "application/json;charset=latin1",
+                                          'application/json; charset="EBCDIC"'])
+def test_a_charset_other_than_utf8_is_415(harness: Harness, content_type: str) -> None:
+    answer = harness.request("POST", CREATE, content=json.dumps(seed()).encode(),
+                             headers={"Content-Type": content_type})
+    assert answer.status == 415, answer.body
+    assert answer.body["error"]["field"] == "Content-Type"
+    assert harness.all_job_keys() == []
+    utf8 = harness.request("POST", CREATE, content=json.dumps(seed()).encode(),
+                           headers={"Content-Type": "application/json; charset=UTF-8"})
+    assert utf8.status == 200, utf8.body
+
+
 def test_deeply_nested_metadata_is_a_400_that_stores_nothing(harness: Harness) -> None:
     """A few hundred bytes of nested lists: once a 500 after the job was stored and queued."""
     body = json.dumps(seed()).replace('"number"', '"metadata": {"x": ' + "[" * 250 + "]" * 250

@@ -1049,3 +1049,19 @@ def test_giving_up_on_a_retryable_failure_keeps_its_field(
         code="number_busy", retryable=True, field="number",
         message="gave up after 3 attempts: try later")
     assert f"job {job.job_id} failed permanently (number_busy); compensating" in messages(caplog)
+
+
+def test_unreadable_job_is_skipped_and_logged_as_dead_lettered(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job record the store cannot read is skipped with that reason and logged by id."""
+    caplog.set_level("ERROR", logger="worker.runner")
+    job_id = "job_" + "f" * 32
+    h.redis.set(h.store.keys.job(job_id), b"{not json")
+
+    outcome = h.runner().run(job_id)
+
+    assert outcome == Outcome("skipped", 0.0, "unreadable record")
+    [message] = messages(caplog)
+    assert message.endswith("; dead-lettered as unreadable_record")
+    assert job_id in message

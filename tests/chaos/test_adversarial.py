@@ -211,8 +211,8 @@ if os.environ.get(RECORD_ENV):  # pragma: no cover - only inside a schemathesis 
 
 # Every wait of the test is bounded, and the bounds add up to the cap:
 #   setup     120 s  worker ready 30 + API up 30 + seed request 30 + seed job 30
-#   fuzzing   720 s  both schemathesis processes, one shared deadline (CPU-bound: about
-#                    three times the idle time with both cores hogged)
+#   fuzzing   720 s  both schemathesis processes, one shared deadline (CPU-bound, so
+#                    slower on a loaded machine)
 #   drain     150 s  the worker finishes the jobs the run queued
 #   teardown   70 s  schemathesis killed 2 x 10 + API stopped 20 + worker stopped 30
 #   checks     20 s  scans of Redis, LiveKit and the logs (a few seconds in practice)

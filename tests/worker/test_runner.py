@@ -1065,3 +1065,21 @@ def test_unreadable_job_is_skipped_and_logged_as_dead_lettered(
     [message] = messages(caplog)
     assert message.endswith("; dead-lettered as unreadable_record")
     assert job_id in message
+
+
+def test_trunk_creates_log_with_the_jobs_context(h: Harness) -> None:
+    """The pool threads that create the trunks carry the job's log context too."""
+    job = h.submit()
+    seen: dict[str, dict[str, Any]] = {}
+
+    def look(method: str) -> None:
+        if method.startswith("Create"):
+            seen[method] = structlog.contextvars.get_contextvars()
+
+    h.fake.before_apply = look
+
+    h.runner().run(job.job_id)
+
+    bound = {"job_id": job.job_id, "org_id": ORG, "kind": "create"}
+    assert seen == {"CreateSIPInboundTrunk": bound, "CreateSIPOutboundTrunk": bound,
+                    "CreateSIPDispatchRule": bound}

@@ -1037,3 +1037,30 @@ def test_rule_without_an_inbound_trunk_id_is_a_bug_named_as_such(h: Harness) -> 
 
     with pytest.raises(RuntimeError, match=r"^step inbound_trunk has no id yet$"):
         provision(h, job)
+
+
+def test_close_does_not_wait_for_a_create_in_flight(h: Harness) -> None:
+    """Closing the saga (worker shutdown) returns while a trunk create is still running."""
+    arrived: set[str] = set()
+    entered, release = threading.Condition(), threading.Event()
+
+    def hold(method: str) -> None:
+        if method in (CREATE_INBOUND, CREATE_OUTBOUND):
+            with entered:
+                arrived.add(method)
+                entered.notify_all()
+            release.wait(10)
+
+    h.fake.before_apply = hold
+    job = h.submit()
+    runner = threading.Thread(target=lambda: provision(h, job), daemon=True)
+    runner.start()
+    try:
+        with entered:  # both creates submitted and in flight
+            assert entered.wait_for(lambda: len(arrived) == 2, 10)
+        started = time.monotonic()
+        h.saga.close()
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        runner.join(10)

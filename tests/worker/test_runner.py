@@ -1083,3 +1083,31 @@ def test_trunk_creates_log_with_the_jobs_context(h: Harness) -> None:
     bound = {"job_id": job.job_id, "org_id": ORG, "kind": "create"}
     assert seen == {"CreateSIPInboundTrunk": bound, "CreateSIPOutboundTrunk": bound,
                     "CreateSIPDispatchRule": bound}
+
+
+def test_job_unreadable_once_locked_is_dead_lettered(h: Harness) -> None:
+    """A record that turns unreadable before the locked read is dead-lettered by its id."""
+    job = h.submit()
+    h.redis.set(h.store.keys.job(job.job_id), b"{not json")
+
+    # `job` is the copy read before the lock, when the record was still readable.
+    outcome = h.runner()._run(job)
+
+    assert outcome == Outcome("skipped", 0.0, "unreadable record")
+    assert h.store.dead_letter_ids() == [job.job_id]
+    assert sum(h.fake.calls.values()) == 0
+
+
+def test_lock_whose_holder_is_gone_is_logged_as_unknown(
+    h: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock that expired between the failed take and the look-up names no holder: '?'."""
+    caplog.set_level("INFO", logger="worker.runner")
+    job = h.submit()
+    assert h.store.acquire_number_lock(NUMBER, "job_someoneelse:abc123", 10)
+    monkeypatch.setattr(h.store, "number_lock_holder", lambda number: (None, 0.0))
+
+    outcome = fixed_runner(h, rand=lambda: 0.5).run(job.job_id)
+
+    assert outcome.delay == pytest.approx(0.7)
+    assert messages(caplog) == [f"job {job.job_id} waits 0.7s: {NUMBER} is locked by ?"]

@@ -1064,3 +1064,14 @@ def test_close_does_not_wait_for_a_create_in_flight(h: Harness) -> None:
     finally:
         release.set()
         runner.join(10)
+
+
+def test_done_steps_are_stamped(h: Harness) -> None:
+    """Every step a run completes records when it finished."""
+    job = h.submit()
+
+    provision(h, job)
+
+    for name, step in job.steps.items():
+        assert step.status is StepStatus.DONE, name
+        assert step.finished_at is not None, name

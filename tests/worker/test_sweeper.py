@@ -386,3 +386,22 @@ def test_sweeper_lock_lasts_nine_tenths_of_the_interval(
 
     assert config.sweep_interval == 7.5
     assert (store.keys.sweeper_lock, {"nx": True, "px": 6750}) in taken
+
+
+def test_unreadable_job_is_dead_lettered_and_logged(
+    store: JobStore, sweeper: Sweeper, enqueued: Enqueued, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A due job whose record cannot be read is not sent; it is dead-lettered, by id, once."""
+    caplog.set_level(logging.ERROR, logger="worker.sweeper")
+    job_id = "job_" + "e" * 32
+    store.redis.set(store.keys.job(job_id), b"{not json")
+    store.redis.zadd(store.keys.active, {job_id: NOW - 5})
+
+    assert sweeper.sweep_once() == []
+
+    assert enqueued.ids == []
+    assert store.dead_letter_ids() == [job_id]
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message.startswith("sweeper: ")
+    assert message.endswith("; dead-lettered as unreadable_record")
+    assert job_id in message

@@ -6,6 +6,7 @@ No sockets: fakeredis for the job store and the fake LiveKit behind httpx.MockTr
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -1071,10 +1072,12 @@ def test_trunk_creates_log_with_the_jobs_context(h: Harness) -> None:
     """The pool threads that create the trunks carry the job's log context too."""
     job = h.submit()
     seen: dict[str, dict[str, Any]] = {}
+    threads: dict[str, str] = {}
 
     def look(method: str) -> None:
         if method.startswith("Create"):
             seen[method] = structlog.contextvars.get_contextvars()
+            threads[method] = threading.current_thread().name
 
     h.fake.before_apply = look
 
@@ -1083,6 +1086,9 @@ def test_trunk_creates_log_with_the_jobs_context(h: Harness) -> None:
     bound = {"job_id": job.job_id, "org_id": ORG, "kind": "create"}
     assert seen == {"CreateSIPInboundTrunk": bound, "CreateSIPOutboundTrunk": bound,
                     "CreateSIPDispatchRule": bound}
+    # Log lines name the saga's own threads.
+    assert threads["CreateSIPInboundTrunk"].startswith("trunkline-saga")
+    assert threads["CreateSIPOutboundTrunk"].startswith("trunkline-saga")
 
 
 def test_job_unreadable_once_locked_is_dead_lettered(h: Harness) -> None:

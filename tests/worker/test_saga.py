@@ -41,7 +41,7 @@ from worker.livekit import (
 )
 from worker.records import Job, JobResult, PhoneNumberRecord, StepName, StepStatus
 from worker.retry import ProvisioningFailure
-from worker.saga import ProvisioningSaga, StepHooks, phone_number_id_for, read_tag, tag
+from worker.saga import ProvisioningSaga, StepHooks, make_tag, phone_number_id_for, read_tag, tag
 
 CREATE_INBOUND = "CreateSIPInboundTrunk"
 CREATE_OUTBOUND = "CreateSIPOutboundTrunk"
@@ -1075,3 +1075,10 @@ def test_done_steps_are_stamped(h: Harness) -> None:
     for name, step in job.steps.items():
         assert step.status is StepStatus.DONE, name
         assert step.finished_at is not None, name
+
+
+def test_tag_is_compact_json() -> None:
+    """The tag is JSON without spaces: it shares LiveKit's metadata field with nothing else."""
+    assert make_tag("job_1", "org_a", StepName.OUTBOUND_TRUNK, NUMBER) == (
+        '{"trunkline":{"job_id":"job_1","org_id":"org_a","step":"outbound_trunk",'
+        '"number":"+15551234567"}}')

@@ -410,8 +410,16 @@ def parse_change(data: Any, *, strict_numbers: bool = False,
         name: (info.alias or name) for name, info in ProvisionRequest.model_fields.items()
     }
     name_of = {alias: name for name, alias in alias_of.items()}
-    patch: dict[str, Any] = {alias_of.get(str(key), str(key)): value for key, value in data.items()}
+    patch: dict[str, Any] = {}
     errors: list[FieldError] = []
+    for key, value in data.items():
+        spelling = alias_of.get(str(key), str(key))
+        if spelling in patch:
+            # Both spellings of one field: refused, as a full request refuses them.
+            errors.append(FieldError(field=str(key), code="duplicate",
+                                     message=f"is the same field as {spelling}; give it once"))
+            continue
+        patch[spelling] = value
     if "number" in patch:
         errors.append(FieldError(
             field="number", code="immutable",

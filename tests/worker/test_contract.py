@@ -634,8 +634,9 @@ def test_change_may_not_name_the_number() -> None:
     """The number is the record's identity: an update naming it is refused, with a reason."""
     errors = change_refused({"number": "+15557654321"})
 
-    assert [(e.field, e.code) for e in errors] == [("number", "immutable")]
-    assert "release the number" in errors[0].message
+    assert [(e.field, e.code, e.message) for e in errors] == [
+        ("number", "immutable",
+         "cannot be changed: release the number and set the new one up instead")]
 
 
 def test_change_refuses_the_number_and_bad_fields_at_once() -> None:
@@ -744,3 +745,19 @@ def test_fingerprint_material_is_plain_json() -> None:
     assert material["allowedAddresses"] == ["203.0.113.5"]
     assert type(material["transport"]) is str
     assert material["transport"] == "udp"
+
+
+def test_change_in_python_spelling_replaces_the_field() -> None:
+    """A snake_case field in an update is the same field as its camelCase alias."""
+    change = parse_change({"auth_user_name": "new_user"})
+
+    assert change.values.auth_user_name == "new_user"
+    assert change.fields == frozenset({"auth_user_name"})
+
+
+def test_change_with_both_spellings_of_one_field_is_refused() -> None:
+    """An update naming one field twice is refused, as a full request is, not merged."""
+    errors = change_refused({"outboundPstn": "a.example.com", "outbound_pstn": "b.example.com"})
+
+    assert [(e.field, e.code, e.message) for e in errors] == [
+        ("outbound_pstn", "duplicate", "is the same field as outboundPstn; give it once")]

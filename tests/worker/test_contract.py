@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from worker.contract import (
     MAX_METADATA_BYTES,
+    MAX_METADATA_KEYS,
     FieldError,
     InvalidRequest,
     ProvisionRequest,
@@ -761,3 +762,20 @@ def test_change_with_both_spellings_of_one_field_is_refused() -> None:
 
     assert [(e.field, e.code, e.message) for e in errors] == [
         ("outbound_pstn", "duplicate", "is the same field as outboundPstn; give it once")]
+
+
+@pytest.mark.parametrize("value", ["text", True, None, 7, 1.5])
+def test_metadata_key_limit_counts_keys_not_values(value: Any) -> None:
+    """64 keys holding strings, booleans, null or numbers pass; the values add no keys."""
+    metadata = {f"k{i}": value for i in range(MAX_METADATA_KEYS)}
+
+    assert parse_request(body(metadata=metadata)).metadata == metadata
+    assert parse_request(body(metadata={"list": [value] * 100})).metadata == {
+        "list": [value] * 100}
+
+
+def test_metadata_integers_beyond_64_bits_are_worded() -> None:
+    """An integer past 64 bits is refused with the reason."""
+    [error] = refused(body(metadata={"big": 2**64}))
+
+    assert (error.field, error.message) == ("metadata", "may hold integers of at most 64 bits")

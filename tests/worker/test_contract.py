@@ -779,3 +779,11 @@ def test_metadata_integers_beyond_64_bits_are_worded() -> None:
     [error] = refused(body(metadata={"big": 2**64}))
 
     assert (error.field, error.message) == ("metadata", "may hold integers of at most 64 bits")
+
+
+def test_metadata_lone_surrogate_is_worded() -> None:
+    """A lone surrogate (valid JSON text, not Unicode) is refused with the reason."""
+    [error] = refused(body(metadata={"note": "\ud800"}))
+
+    assert (error.field, error.message) == (
+        "metadata", "may hold only valid Unicode text (no lone surrogates)")

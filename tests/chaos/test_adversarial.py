@@ -55,9 +55,12 @@ from tests.integration.conftest import (
     everything_on_livekit,
     redis_dump,
 )
+from worker.config import Settings
+from worker.contract import parse_request
 from worker.livekit import LiveKitSIP
-from worker.records import Job, JobState
+from worker.records import Job, JobState, StoredRequest, new_job_id
 from worker.store import RESULTS_STREAM, JobStore
+from worker.vault import Vault
 
 CANARY = "canary-Adv-Pw-3b7d5e91"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"trunkline-adversarial-webhook-key!").decode()
@@ -82,6 +85,34 @@ OPERATIONS = {
 }
 # Why an accepted job may fail here: a release of the run got to its number first.
 RACES = {"number_not_found"}
+# Hostile values the fuzzer seldom builds, put into every third API request (not webhooks),
+# round-robin over what fits the operation. Each must be refused with a 4xx naming it. Header
+# values stay printable Latin-1: the HTTP client itself refuses anything else before sending.
+HOSTILE_PREFER = ["wait=\u00b2", "wait=abc", "respond-async,,", "wait=-1", "wait=1.5", '"',
+                  "=x", "respond async"]
+HOSTILE_IDEMPOTENCY_KEYS = ["k" * 300, "cl\u00e9", "a b\tc"]
+HOSTILE_CONTENT_TYPES = ["application/json; charset=utf-16", "text/plain",
+                         "application/x-www-form-urlencoded; charset=latin1"]
+HOSTILE_CURSORS = [base64.urlsafe_b64encode(text.encode()).decode().rstrip("=") for text in (
+    "nan +15551234567", "1e999 +15551234567", "1.0 15551234567", "1.0 +1\u0661\u0662")
+] + ["%%%", "A" * 199]
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+HOSTILE_FIELDS: list[tuple[str, Any]] = [
+    ("metadata", {"x": _nested(250)}), ("metadata", {"x": "\ud800"}),
+    ("metadata", {f"k{i}": i for i in range(100)}), ("metadata", {"x": 2**70}),
+    ("metadata", {"x": _nested(9)}), ("name", "Main\r\nOffice"), ("name", "\x1b[31mred"),
+    ("name", "\ud83d"), ("authUserName", 'us"er'), ("authUserName", "a,b:c"),
+    ("outboundPstn", "169.254.169.254"), ("outboundPstn", "[::ffff:127.0.0.1]:5060"),
+    ("outboundPstn", "0x7f000001"), ("outboundPstn", "metadata.google.internal"),
+]
 # Two halves of about the same size, one schemathesis process each.
 PARTS = {
     "intake": ("createSipTrunkDispatch", "createSipTrunkDispatchSip", "crmWebhook", "getJob",
@@ -115,6 +146,35 @@ def signup(serial: int) -> dict[str, Any]:
         "number": f"+1555{7000000 + serial:07d}", "authPassword": CANARY}}
 
 
+def make_hostile(case: Any, serial: int) -> str | None:
+    """Put one hostile value into `case`; returns what it was (None if nothing fitted)."""
+    method, path = case.method.upper(), case.operation.path
+    choices: list[str] = []
+    if method in ("POST", "PATCH", "DELETE"):
+        choices += ["prefer", "idempotency-key"]
+    if method in ("POST", "PATCH") and isinstance(case.body, dict):
+        choices += ["content-type", "field", "field", "field"]
+    if method == "GET" and path == "/api/phone-numbers":
+        choices += ["cursor"]
+    if not choices:
+        return None
+    kind = choices[serial % len(choices)]
+    pick = serial // len(choices)
+    if kind == "cursor":
+        case.query = {**(case.query or {}), "cursor": HOSTILE_CURSORS[pick % len(
+            HOSTILE_CURSORS)]}
+        return kind
+    if kind == "field":
+        name, value = HOSTILE_FIELDS[pick % len(HOSTILE_FIELDS)]
+        case.body[name] = value
+        return f"field:{name}"
+    header, values = {"prefer": ("Prefer", HOSTILE_PREFER),
+                      "idempotency-key": ("Idempotency-Key", HOSTILE_IDEMPOTENCY_KEYS),
+                      "content-type": ("Content-Type", HOSTILE_CONTENT_TYPES)}[kind]
+    case.headers = {**(case.headers or {}), header: values[pick % len(values)]}
+    return kind
+
+
 def _serialise_ast_parse() -> None:
     """One run here died of `SystemError: AST constructor recursion depth mismatch`, raised
     by CPython 3.11.7 in hypothesis' lambda-source parsing: the C AST builder keeps its
@@ -136,6 +196,7 @@ def install_hooks(record_path: Path) -> None:  # pragma: no cover - runs inside 
     _serialise_ast_parse()
     lock = threading.Lock()
     counter: Counter[str] = Counter()
+    hostile: dict[int, str] = {}  # id(case) -> what was put into it
     part = record_path.stem
 
     def tick(name: str) -> int:
@@ -169,9 +230,14 @@ def install_hooks(record_path: Path) -> None:  # pragma: no cover - runs inside 
             case.headers = {**(case.headers or {}), "webhook-id": webhook_id,
                             "webhook-timestamp": str(stamp),
                             "webhook-signature": sign(WEBHOOK_SECRET, webhook_id, stamp, raw)}
-        elif (isinstance(body, dict) and case.method.upper() in ("POST", "PATCH")
-              and tick("password") % 2 == 0):
-            body["authPassword"] = CANARY
+        else:
+            if (isinstance(body, dict) and case.method.upper() in ("POST", "PATCH")
+                    and tick("password") % 2 == 0):
+                body["authPassword"] = CANARY
+            serial = tick("hostile")
+            if serial % 3 == 0 and (kind := make_hostile(case, serial // 3)) is not None:
+                with lock:
+                    hostile[id(case)] = kind
 
     def after_call(context: Any, case: Any, response: Any) -> None:
         text = response.content.decode("utf-8", "replace")
@@ -183,7 +249,14 @@ def install_hooks(record_path: Path) -> None:  # pragma: no cover - runs inside 
         sent = response.request.body or b""
         sent = sent if isinstance(sent, bytes) else str(sent).encode()
         error = body.get("error") if isinstance(body, dict) else None
+        with lock:
+            kind = hostile.pop(id(case), None)
+        header = {"prefer": "Prefer", "idempotency-key": "Idempotency-Key",
+                  "content-type": "Content-Type"}.get(kind or "")
+        if header is not None and response.request.headers.get(header) != case.headers[header]:
+            kind = None  # the client sent something else: this request proves nothing hostile
         write({
+            "hostile": kind,
             "method": case.method.upper(), "path": case.operation.path,
             "status": response.status_code, "elapsed": response.elapsed,
             "code": error.get("code") if isinstance(error, dict) else None,
@@ -194,7 +267,10 @@ def install_hooks(record_path: Path) -> None:  # pragma: no cover - runs inside 
         })
 
     def after_network_error(context: Any, case: Any, request: Any) -> None:
-        write({"method": case.method.upper(), "path": case.operation.path, "status": 0,
+        with lock:
+            hostile.pop(id(case), None)
+        write({"hostile": None, "method": case.method.upper(), "path": case.operation.path,
+               "status": 0,
                "elapsed": 0.0, "code": "network_error", "accepted": [], "failed": [],
                "canary_sent": False, "canary_answered": False, "body": ""})
 
@@ -215,10 +291,11 @@ if os.environ.get(RECORD_ENV):  # pragma: no cover - only inside a schemathesis 
 #                    slower on a loaded machine)
 #   drain     150 s  the worker finishes the jobs the run queued
 #   teardown   70 s  schemathesis killed 2 x 10 + API stopped 20 + worker stopped 30
+#   after      60 s  a normal job, and an overdue one the sweeper (every 15 s) must re-send
 #   checks     20 s  scans of Redis, LiveKit and the logs (a few seconds in practice)
-#   total    1080 s  = the cap. The whole test takes about 4 minutes on an idle machine.
-SETUP_WAIT, FUZZ_WAIT, DRAIN_WAIT = 30, 720, 150
-pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("clean"), pytest.mark.timeout(1080)]
+#   total    1140 s  = the cap. The whole test takes about 4 minutes on an idle machine.
+SETUP_WAIT, FUZZ_WAIT, DRAIN_WAIT, AFTER_WAIT = 30, 720, 150, 30
+pytestmark = [pytest.mark.chaos, pytest.mark.usefixtures("clean"), pytest.mark.timeout(1140)]
 
 
 def all_jobs(db: redis.Redis) -> dict[str, Job]:
@@ -230,6 +307,18 @@ def all_jobs(db: redis.Redis) -> dict[str, Job]:
             job = Job.model_validate_json(raw)
             jobs[job.job_id] = job
     return jobs
+
+
+def lost_message_job(db: redis.Redis, stack: Stack, number: str) -> str:
+    """A valid job stored without its message (as if the broker lost it), already overdue."""
+    settings = Settings.from_env(stack.env())
+    vault = Vault(settings.secret_keys)
+    parsed = parse_request({**SEED_REQUEST, "number": number})
+    job = Job(job_id=new_job_id(), org_id=ORG, number=parsed.number,
+              request=StoredRequest.seal(parsed, vault),
+              request_fingerprint=vault.fingerprint(parsed.fingerprint_material()))
+    job_id, _ = JobStore(db).create(job, deadline=time.time() - 1)
+    return job_id
 
 
 def wait_until(done: Callable[[], bool], timeout: float) -> None:
@@ -250,7 +339,8 @@ def test_schemathesis_10k_requests_no_5xx_no_job_from_a_rejection_no_canary(
         pytest.fail(f"TRUNKLINE_ADVERSARIAL_EXAMPLES={EXAMPLES!r}: at least {EXAMPLES_FLOOR} "
                     f"test cases per operation are needed for {MIN_REQUESTS} requests")
     started = time.monotonic()
-    worker = worker_factory(concurrency=2)
+    # A 120 s visibility timeout makes the worker's sweeper pass every 15 s (checked after).
+    worker = worker_factory(concurrency=2, TRUNKLINE_VISIBILITY_TIMEOUT="120")
     sources = {WEBHOOK_SOURCE: {"secret": WEBHOOK_SECRET, "org_id": HOOK_ORG,
                                 "default_region": "US"}}
     api = start_api(stack, tmp_path / "api.log", TRUNKLINE_API_WAIT_SECONDS="0.5",
@@ -299,6 +389,16 @@ def test_schemathesis_10k_requests_no_5xx_no_job_from_a_rejection_no_canary(
         wait_until(lambda: all(j.state.terminal for j in all_jobs(redis_db).values()),
                    DRAIN_WAIT)
         jobs = all_jobs(redis_db)
+        # The pipeline still works for everyone: a normal request afterwards succeeds, and
+        # the sweeper still re-sends an overdue job whose message was lost.
+        normal = httpx.post(api.url + CREATE, json={**SEED_REQUEST, "number": "+15553339999"},
+                            headers=headers, timeout=AFTER_WAIT)
+        assert normal.status_code == 200, normal.text
+        lost = lost_message_job(redis_db, stack, "+15553339998")
+        wait_until(lambda: (job := JobStore(redis_db).get(lost)) is not None
+                   and job.state is JobState.SUCCEEDED, AFTER_WAIT)
+        assert (after := JobStore(redis_db).get(lost)) is not None
+        assert after.state is JobState.SUCCEEDED, after
     finally:
         for proc, _ in runs.values():
             if proc.poll() is None:
@@ -325,6 +425,15 @@ def test_schemathesis_10k_requests_no_5xx_no_job_from_a_rejection_no_canary(
     assert not server_errors, server_errors[:20]
     assert all(proc.returncode == 0 for proc, _ in runs.values()), report
     assert "Traceback" not in api.log()
+
+    # The hostile values went out, on every kind, and each was refused with a 4xx.
+    hostile = [line for line in lines if line.get("hostile")]
+    kinds = Counter(str(line["hostile"]).split(":")[0] for line in hostile)
+    print(f"hostile requests: {len(hostile)} {dict(kinds)}")
+    assert len(hostile) >= 1000, kinds
+    assert set(kinds) == {"prefer", "idempotency-key", "content-type", "field", "cursor"}, kinds
+    let_through = [line for line in hostile if not 400 <= line["status"] < 500]
+    assert not let_through, let_through[:10]
 
     # Validation was exercised past authentication, and webhooks past their signatures.
     refused = Counter(line["code"] for line in lines

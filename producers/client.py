@@ -12,6 +12,7 @@ message is sent, and the message carries only the job id.
 from __future__ import annotations
 
 import base64
+import logging
 import math
 import re
 import time
@@ -40,8 +41,10 @@ from worker.records import (
     new_job_id,
 )
 from worker.runtime import redis_client
-from worker.store import IdempotencyConflict, JobStore
+from worker.store import IdempotencyConflict, JobStore, UnreadableRecord
 from worker.vault import Vault
+
+log = logging.getLogger(__name__)
 
 __all__ = ["JobNotFound", "NumberNotFound", "ProvisioningClient", "WaitTimeout"]
 
@@ -258,7 +261,12 @@ class ProvisioningClient:
                 if len(page) == limit:
                     return page, _encode_cursor(after_score, after_number)
                 after_score, after_number = score, number
-                record = self.store.get_number(number)
+                try:
+                    record = self.store.get_number(number)
+                except UnreadableRecord as unreadable:
+                    # One bad record must not hide the organisation's other numbers.
+                    log.error("listing skips %s", unreadable)
+                    continue
                 if record is not None and record.org_id == org_id and (
                         agent is None or record.agent_name == agent):
                     page.append(record)

@@ -151,6 +151,21 @@ def test_bad_list_parameters_are_400(harness: Harness, query: str, field: str) -
     assert answer.body["error"]["field"] == field
 
 
+def test_an_unreadable_record_is_skipped_and_the_rest_listed(live: Harness) -> None:
+    """A corrupt phone-number record hides nothing else of the organisation's; GET of it is
+    a 409 saying it cannot be read, not a 500."""
+    numbers = ["+15551234561", "+15551234562", "+15551234563"]
+    for number in numbers:
+        provision(live, number=number)
+    live.redis.set(live.client.store.keys.number(numbers[1]), b'{"number": "+1555123')
+    listed = live.request("GET", f"{LIST}?limit=2")
+    assert listed.status == 200, listed.body
+    assert [n["number"] for n in listed.body["data"]] == [numbers[0], numbers[2]]
+    one = live.request("GET", "/api/phone-numbers/%2B15551234562")
+    assert one.status == 409, one.body
+    assert one.body["error"]["code"] == "record_unreadable"
+
+
 def test_a_release_between_pages_skips_nothing(live: Harness) -> None:
     """The cursor names the last number seen, so removing an earlier one shifts nothing."""
     numbers = ["+15551234561", "+15551234562", "+15551234563"]

@@ -171,14 +171,8 @@ class ProvisioningClient:
                         if _ALIAS_TO_NAME.get(k, k) in change.fields},
         }
         fingerprint = self.vault.fingerprint(material)
-        # A repeated request is answered by its first job even if the number changed since
-        # (e.g. was released): the key, not the current state, decides.
-        if idempotency_key is not None:
-            seen = self.store.find_idempotent(org_id, idempotency_key)
-            if seen is not None:
-                if seen[1] != fingerprint:
-                    raise IdempotencyConflict(seen[0])
-                return seen[0]
+        if (first := self._first_job(org_id, idempotency_key, fingerprint)) is not None:
+            return first
         self.get_number(org_id, canonical)
         job = Job(
             job_id=new_job_id(),
@@ -210,12 +204,8 @@ class ProvisioningClient:
         """
         canonical = self._canonical(number)
         fingerprint = self.vault.fingerprint({"release": canonical})
-        if idempotency_key is not None:
-            seen = self.store.find_idempotent(org_id, idempotency_key)
-            if seen is not None:
-                if seen[1] != fingerprint:
-                    raise IdempotencyConflict(seen[0])
-                return seen[0]
+        if (first := self._first_job(org_id, idempotency_key, fingerprint)) is not None:
+            return first
         self.get_number(org_id, canonical)
         job = Job(
             job_id=new_job_id(),
@@ -227,6 +217,22 @@ class ProvisioningClient:
             source=source,
         )
         return self._store_and_enqueue(job, idempotency_key)
+
+    def _first_job(self, org_id: str, idempotency_key: str | None,
+                   fingerprint: str) -> str | None:
+        """The job an idempotency key already names (IdempotencyConflict for another request).
+
+        Checked before the number is looked up: a repeated request is answered by its first
+        job even if the number changed since (e.g. was released); the key decides.
+        """
+        if idempotency_key is None:
+            return None
+        seen = self.store.find_idempotent(org_id, idempotency_key)
+        if seen is None:
+            return None
+        if seen[1] != fingerprint:
+            raise IdempotencyConflict(seen[0])
+        return seen[0]
 
     def get_number(self, org_id: str, number: str) -> PhoneNumberRecord:
         """The organisation's record of a number; NumberNotFound for anyone else's."""

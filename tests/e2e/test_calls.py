@@ -458,6 +458,27 @@ def test_an_outbound_call_reaches_the_customers_gateway_with_the_provisioned_cre
     assert gateway_verdicts(gateway) == [f"AUTH_BAD user={USERNAME}"], explain(gateway)
 
 
+# Every character the contract allows in authUserName besides letters and digits.
+SPECIAL_USERNAME = "e2e.u-1_~!$&'()*+=%@x"
+
+
+def test_a_username_with_every_allowed_special_character_passes_the_digest_challenge(
+    bridge: Bridge, rooms: LiveKitRooms, customer: Customer, tmp_path: Path,
+) -> None:
+    """The contract's digest-safe username set, proven on the wire: the bridge sends it in the
+    quoted digest username unescaped and the gateway's digest check accepts it."""
+    port = free_port()
+    view = customer.provision(number="+15551230803", room_prefix=unique_prefix("usr"),
+                              gateway=f"127.0.0.1:{port}", username=SPECIAL_USERNAME)
+    gateway = start_gateway(bridge.sipp, port=port, username=SPECIAL_USERNAME,
+                            password=PASSWORD, workdir=tmp_path, name="gateway-special")
+    outcome = dial_out(bridge, rooms, trunk_id=view["outboundTrunkId"], gateway=gateway,
+                       label="special")
+    assert not isinstance(outcome, TwirpError), explain(str(outcome), gateway, bridge)
+    assert gateway_verdicts(gateway) == [f"AUTH_OK user={SPECIAL_USERNAME}"], explain(gateway)
+    assert f'username="{SPECIAL_USERNAME}"' in gateway.read("messages"), explain(gateway)
+
+
 def test_after_a_credential_rotation_only_the_new_password_works(
     bridge: Bridge, rooms: LiveKitRooms, customer: Customer, tmp_path: Path,
 ) -> None:

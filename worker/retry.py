@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import redis.exceptions
 
 from worker.livekit.errors import LiveKitError, LiveKitRateLimited
+from worker.store import UnreadableRecord
 
 
 class ProvisioningFailure(Exception):
@@ -69,6 +70,9 @@ def classify(exc: BaseException) -> Classified:
         return Classified("run_interrupted", str(exc) or "the run was interrupted", True)
     if isinstance(exc, _REDIS_TRANSIENT):
         return Classified("redis_unavailable", f"Redis is unreachable: {type(exc).__name__}", True)
+    if isinstance(exc, UnreadableRecord):
+        # e.g. the number's record: retrying cannot repair it; its message names no values.
+        return Classified("unreadable_record", str(exc), False)
     # A bug: say which kind without echoing values that may hold request data.
     return Classified("internal_error", f"unexpected {type(exc).__name__} in the worker", False)
 

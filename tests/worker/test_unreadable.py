@@ -145,3 +145,20 @@ def test_a_readable_job_still_runs_after_an_unreadable_one(world: Harness) -> No
     job = world.submit()
     world.runner().run(job.job_id)
     assert world.reload(job).state is JobState.SUCCEEDED
+
+
+def test_a_job_whose_number_record_is_unreadable_fails_with_that_reason(
+    world: Harness,
+) -> None:
+    """The saga meets a corrupt phone-number record for its number: the job fails at once
+    (no retry can repair it) with code unreadable_record, one event, nothing left on LiveKit."""
+    world.redis.set(world.store.keys.number(NUMBER), b'{"number": "+1555')
+    job = world.submit()
+    world.runner().run(job.job_id)
+    failed = world.reload(job)
+    assert failed.state is JobState.FAILED
+    assert failed.error is not None
+    assert failed.error.code == "unreadable_record"
+    assert failed.attempts == 1
+    assert "phone-number record" in failed.error.message
+    assert world.fake.inbound == {} and world.fake.outbound == {} and world.fake.rules == {}

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from worker.records import Job
-from worker.store import JobStore
+from worker.store import JobStore, UnreadableRecord, load_job
 
 BATCH = 500
 
@@ -121,8 +121,10 @@ class DeadLetters:
         score = self.redis.zscore(self.key, job_id)
         if score is None:
             return None
-        return self._letter(job_id, float(score),
-                            cast(bytes | None, self.redis.get(self.store.keys.job(job_id))))
+        try:
+            return DeadLetter(job_id, _at(float(score)), self.store.get(job_id))
+        except UnreadableRecord as unreadable:
+            return self._unreadable(job_id, float(score), unreadable)
 
     def purge(self, job_ids: Iterable[str]) -> int:
         """Remove these jobs from the list (their records stay); returns how many were on it."""
@@ -142,11 +144,14 @@ class DeadLetters:
         if raw is None:
             return DeadLetter(job_id, _at(score), None)
         try:
-            return DeadLetter(job_id, _at(score), Job.model_validate_json(raw))
-        except ValueError:
+            return DeadLetter(job_id, _at(score), load_job(job_id, raw))
+        except UnreadableRecord as unreadable:
             # One unreadable record must not hide the rest of the list.
-            reason = self.store.unreadable_reason(job_id) or "it does not load"
-            return DeadLetter(job_id, _at(score), None, unreadable=reason)
+            return self._unreadable(job_id, score, unreadable)
+
+    def _unreadable(self, job_id: str, score: float, unreadable: UnreadableRecord) -> DeadLetter:
+        reason = self.store.unreadable_reason(job_id) or unreadable.reason
+        return DeadLetter(job_id, _at(score), None, unreadable=reason)
 
 
 def _at(epoch: float) -> datetime:

@@ -51,7 +51,7 @@ from worker.livekit import (
 )
 from worker.records import Job, JobState, PhoneNumberRecord
 from worker.saga import read_tag
-from worker.store import JobStore, UnreadableRecord, raw_field
+from worker.store import JobStore, UnreadableRecord, load_job, raw_field
 from worker.vault import Vault, VaultError
 
 log = logging.getLogger(__name__)
@@ -352,11 +352,11 @@ class Reconciler:
             chunk = ids[start:start + 500]
             raws = cast(list[bytes | None], self.store.redis.mget(
                 [self.store.keys.job(i) for i in chunk]))
-            for raw in raws:
+            for job_id, raw in zip(chunk, raws, strict=True):
                 if raw is not None:
                     try:
-                        job = Job.model_validate_json(raw)
-                    except ValueError:
+                        job = load_job(job_id, raw)
+                    except UnreadableRecord:
                         # Its number may be mid-saga for all we can tell: leave it alone.
                         if (number := raw_field(raw, "number")) is not None:
                             busy.add(number)

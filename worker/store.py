@@ -289,12 +289,7 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         """The job, None if there is none; UnreadableRecord if it is stored but will not load."""
         raw = self.redis.get(self.keys.job(job_id))
-        if raw is None:
-            return None
-        try:
-            return Job.model_validate_json(cast(bytes, raw))
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise UnreadableRecord("job", job_id, _reason(exc)) from None
+        return None if raw is None else load_job(job_id, cast(bytes, raw))
 
     def quarantine(self, job_id: str, reason: str) -> bool:
         """End an unreadable job: out of the sweep and in-flight indexes, dead-lettered with
@@ -452,10 +447,7 @@ class JobStore:
                     raw = pipe.get(key)
                     if raw is None:
                         raise LookupError(f"no job {job_id}")
-                    try:
-                        job = Job.model_validate_json(cast(bytes, raw))
-                    except ValueError as exc:
-                        raise UnreadableRecord("job", job_id, _reason(exc)) from None
+                    job = load_job(job_id, cast(bytes, raw))
                     if job.state is not JobState.FAILED:
                         raise ValueError(
                             f"job {job_id} is {job.state.value}; only failed jobs can be replayed"
@@ -474,6 +466,14 @@ class JobStore:
     def dead_letter_ids(self, limit: int = 100) -> list[str]:
         ids = self.redis.zrevrange(self.keys.dead_letters, 0, limit - 1)
         return [_text(i) for i in cast(list[bytes], ids)]
+
+
+def load_job(job_id: str, raw: bytes) -> Job:
+    """A stored job record's bytes as a Job; UnreadableRecord if they do not load."""
+    try:
+        return Job.model_validate_json(raw)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise UnreadableRecord("job", job_id, _reason(exc)) from None
 
 
 def _reason(exc: ValueError | PydanticSerializationError) -> str:

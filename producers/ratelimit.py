@@ -84,21 +84,28 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.limit > 0
 
-    def hit(self, subject: str) -> Verdict:
-        """Count one request of `subject` and say whether it is within the limit."""
-        return self._run(subject, record=True)
+    def hit(self, *subjects: str) -> Verdict:
+        """Count one request against each subject; the first refusal, else the last verdict."""
+        return self._run(subjects, record=True)
 
-    def peek(self, subject: str) -> Verdict:
-        """Whether a request of `subject` would be within the limit; counts nothing."""
-        return self._run(subject, record=False)
+    def peek(self, *subjects: str) -> Verdict:
+        """Whether a request would be within every subject's limit; counts nothing."""
+        return self._run(subjects, record=False)
 
-    def _run(self, subject: str, *, record: bool) -> Verdict:
+    def _run(self, subjects: tuple[str, ...], *, record: bool) -> Verdict:
         if not self.enabled:
             return Verdict(True, 0, 0, self.window)
         now_ms = int(self.clock() * 1000)
-        member = f"{now_ms}:{secrets.token_hex(6)}"
-        allowed, count, free_in_ms = (int(v) for v in cast(list[Any], self._slide(
-            keys=[f"{self.prefix}:{subject}"],
-            args=[now_ms, self.window * 1000, self.limit, member, int(record)])))
+        # One round trip however many subjects: authentication asks for two on every request.
+        pipe = self.redis.pipeline(transaction=False)
+        for subject in subjects:
+            self._slide(keys=[f"{self.prefix}:{subject}"],
+                        args=[now_ms, self.window * 1000, self.limit,
+                              f"{now_ms}:{secrets.token_hex(6)}", int(record)], client=pipe)
+        verdicts = [self._verdict(cast(list[Any], raw)) for raw in pipe.execute()]
+        return next((v for v in verdicts if not v.allowed), verdicts[-1])
+
+    def _verdict(self, raw: list[Any]) -> Verdict:
+        allowed, count, free_in_ms = (int(v) for v in raw)
         reset_after = max(1, -(-free_in_ms // 1000))  # whole seconds, rounded up
         return Verdict(bool(allowed), self.limit, max(0, self.limit - count), reset_after)

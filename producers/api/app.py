@@ -338,16 +338,14 @@ async def authenticate(
     # Each failed check costs a password-hash verification: past the limit of failures from
     # one address or for one key id, refuse before doing that work.
     subjects = _auth_subjects(request, key_id)
-    for subject in subjects:
-        verdict = await run_in_threadpool(state.auth_failures.peek, subject)
-        if not verdict.allowed:
-            raise ApiError(429, "too_many_failed_authentications", "Too many failed "
-                           f"authentications; retry in {verdict.reset_after} s",
-                           retryable=True, headers={"Retry-After": str(verdict.reset_after)})
+    verdict = await run_in_threadpool(state.auth_failures.peek, *subjects)
+    if not verdict.allowed:
+        raise ApiError(429, "too_many_failed_authentications", "Too many failed "
+                       f"authentications; retry in {verdict.reset_after} s",
+                       retryable=True, headers={"Retry-After": str(verdict.reset_after)})
     org_id = await run_in_threadpool(state.keys.authenticate, key_id, api_secret.strip())
     if org_id is None:
-        for subject in subjects:
-            await run_in_threadpool(state.auth_failures.hit, subject)
+        await run_in_threadpool(state.auth_failures.hit, *subjects)
         raise ApiError(401, "invalid_credentials", "The API key or secret is wrong, or the key "
                        "was revoked")
     await _rate_limit(state, org_id)

@@ -36,11 +36,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
                     "Uses REDIS_URL/LIVEKIT_URL/LIVEKIT_API_KEY/LIVEKIT_API_SECRET, or the "
                     "local stack (ops/stack.sh) when none of them is set.")
     parser.add_argument("--jobs", type=_positive, default=1000,
-                        help="setups per side in the throughput phase (default 1000)")
+                        help="setups per side in the throughput phase, and no-op tasks in the "
+                             "noop phase (default 1000)")
     parser.add_argument("--concurrency", type=_positive, default=4,
                         help="direct threads, and job slots of the workers (default 4)")
     parser.add_argument("--rounds", type=_positive, default=2,
-                        help="throughput rounds, alternating which side goes first (default 2)")
+                        help="throughput rounds, alternating which side goes first; the noop "
+                             "phase runs as many (default 2)")
     parser.add_argument("--json", dest="json_path", type=Path, default=None,
                         help="write the results here")
     parser.add_argument("--workers", type=_positive, default=1,
@@ -52,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--redis-db", type=int, default=3,
                         help="the benchmark's own Redis database, flushed (default 3)")
     parser.add_argument("--single-jobs", type=_positive, default=200,
-                        help="samples of each kind in the one-at-a-time phase (default 200)")
+                        help="samples of each kind in the one-at-a-time phases: single, noop, "
+                             "http (default 200)")
     parser.add_argument("--overhead-jobs", type=_positive, default=200,
                         help="jobs at 0 and again at --seed-numbers numbers (default 200)")
     parser.add_argument("--seed-numbers", type=_positive, default=10_000,
@@ -70,7 +73,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
                         metavar="NAME=VALUE", help="extra environment for the workers")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"comma-separated subset of {','.join(PHASES)} (default: all; "
-                             "the JSON has every key only with all)")
+                             "the JSON has every key only with all). noop: a no-op Celery "
+                             "task through the same app and broker (the floor); http: the "
+                             "real API's createSipTrunkDispatch, one request at a time")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="worker logs (default: a new temporary folder)")
     parser.add_argument("--keep-data", action="store_true",

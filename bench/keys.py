@@ -9,3 +9,7 @@ LIVE_KEY = "trunkline-bench:live"
 LIVE_SECONDS = 20
 # bench.probe writes each job's milliseconds inside LiveKit calls here (job id -> ms).
 PROBE_KEY = "trunkline-bench:livekit-ms"
+# bench.noop's no-op task (the Celery floor phase), and the stream it appends each task's id
+# to (one XADD, like a job's one terminal event).
+NOOP_TASK = "trunkline.bench.noop"
+NOOP_STREAM = "trunkline-bench:noop"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-PHASES = ("overhead", "throughput", "single", "rss")
+PHASES = ("overhead", "noop", "throughput", "single", "http", "rss")
 
 
 @dataclass(frozen=True)

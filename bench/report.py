@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-# The keys every complete run writes (issue 6); everything else in the JSON is context.
+# The keys every complete run writes (issues 6 and 13); everything else in the JSON is context.
 KEYS = (
     "pipeline_throughput",
     "direct_throughput",
@@ -24,8 +24,21 @@ KEYS = (
     "worker_rss_start_mb",
     "worker_rss_end_mb",
     "worker_rss_growth_pct",
+    "celery_noop_throughput",
+    "celery_noop_single_p50_ms",
+    "http_single_p50_ms",
+    "http_single_p95_ms",
+    "http_single_ratio",
+    "pipeline_single_ratio",
+    "redis_commands_per_job_ours",
+    "redis_client_commands_per_job_ours",
+    "cpu_ratio",
 )
-THROUGHPUT_RATIO_TARGET = 0.9
+THROUGHPUT_RATIO_TARGET = 0.75
+PIPELINE_SINGLE_RATIO_TARGET = 1.0  # pipeline_single_p50_ms / direct_sequential_p50_ms
+HTTP_SINGLE_RATIO_TARGET = 1.5  # http_single_p50_ms / direct_sequential_p50_ms
+REDIS_COMMANDS_OURS_TARGET = 15.0
+CPU_RATIO_TARGET = 1.5
 RSS_GROWTH_TARGET_PCT = 10.0
 # "Flat": at most 10 % more, or at most 0.25 ms more (below that, scheduling noise rules).
 FLAT_PCT = 10.0
@@ -36,9 +49,15 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool]:
     found: dict[str, bool] = {}
     if "throughput_ratio" in result:
         found["throughput_ratio"] = result["throughput_ratio"] >= THROUGHPUT_RATIO_TARGET
-    if "pipeline_single_p50_ms" in result:
-        found["single_p50"] = result["pipeline_single_p50_ms"] <= result[
-            "direct_sequential_p50_ms"]
+    if "pipeline_single_ratio" in result:
+        found["single_p50"] = result["pipeline_single_ratio"] <= PIPELINE_SINGLE_RATIO_TARGET
+    if "http_single_ratio" in result:
+        found["http_single_ratio"] = result["http_single_ratio"] <= HTTP_SINGLE_RATIO_TARGET
+    if "redis_commands_per_job_ours" in result:
+        found["redis_commands_per_job_ours"] = (result["redis_commands_per_job_ours"]
+                                                <= REDIS_COMMANDS_OURS_TARGET)
+    if "cpu_ratio" in result:
+        found["cpu_ratio"] = result["cpu_ratio"] <= CPU_RATIO_TARGET
     if "own_overhead_ms_at_0" in result:
         at_0, at_n = result["own_overhead_ms_at_0"], result["own_overhead_ms_at_10000"]
         found["flat_overhead"] = at_n <= at_0 * (1 + FLAT_PCT / 100) or at_n - at_0 <= FLAT_MS
@@ -69,7 +88,16 @@ def table(result: dict[str, Any]) -> Table:
     row("pipeline_throughput", "jobs/s")
     row("direct_throughput", "jobs/s")
     row("throughput_ratio", "", f">= {THROUGHPUT_RATIO_TARGET}", checks.get("throughput_ratio"))
-    row("pipeline_single_p50_ms", "ms", "<= direct_sequential_p50_ms", checks.get("single_p50"))
+    row("celery_noop_throughput", "tasks/s", "the floor")
+    noop = details.get("noop", {})
+    if "pipeline_over_noop_throughput" in noop:
+        out.add_row("(pipeline_over_noop_throughput)",
+                    f"{noop['pipeline_over_noop_throughput']:,.2f}", "noop / pipeline", "")
+    row("redis_commands_per_job_ours", "", f"<= {REDIS_COMMANDS_OURS_TARGET:.0f}",
+        checks.get("redis_commands_per_job_ours"))
+    row("redis_client_commands_per_job_ours", "", "round trips")
+    row("cpu_ratio", "", f"<= {CPU_RATIO_TARGET}", checks.get("cpu_ratio"))
+    row("pipeline_single_p50_ms", "ms")
     row("pipeline_single_p95_ms", "ms")
     row("pipeline_single_p99_ms", "ms")
     row("direct_sequential_p50_ms", "ms", "3 sequential calls")
@@ -77,6 +105,16 @@ def table(result: dict[str, Any]) -> Table:
     if concurrent:
         out.add_row("(direct_concurrent_p50_ms)", f"{concurrent['p50']:,.2f} ms",
                     "in ‖ out, then rule", "")
+    row("pipeline_single_ratio", "", f"<= {PIPELINE_SINGLE_RATIO_TARGET} (p50 / sequential)",
+        checks.get("single_p50"))
+    row("celery_noop_single_p50_ms", "ms", "the floor")
+    if "pipeline_single_minus_noop_ms" in noop:
+        out.add_row("(pipeline_single_minus_noop_ms)",
+                    f"{noop['pipeline_single_minus_noop_ms']:,.2f} ms", "pipeline - noop", "")
+    row("http_single_p50_ms", "ms")
+    row("http_single_p95_ms", "ms")
+    row("http_single_ratio", "", f"<= {HTTP_SINGLE_RATIO_TARGET} (p50 / sequential)",
+        checks.get("http_single_ratio"))
     row("own_overhead_ms_at_0", "ms")
     row("own_overhead_ms_at_10000", "ms", f"flat (<= +{FLAT_PCT:.0f} % or +{FLAT_MS} ms)",
         checks.get("flat_overhead"))

@@ -3,8 +3,12 @@
 overhead    probe workers; one job at a time at 0 existing numbers, then again after seeding
             --seed-numbers numbers; own part = end to end minus time inside LiveKit calls
 throughput  N setups directly (C threads) and N jobs through the pipeline (C job slots)
+noop        the Celery floor: bench.noop workers (the real app plus a no-op task that ends
+            with one XADD); --jobs tasks at once in rounds, then one at a time
 single      one at a time, interleaved: three sequential direct calls, the saga's
             concurrent direct calls, one pipeline job
+http        one at a time, interleaved: the real API's createSipTrunkDispatch (waiting for
+            the answer), three sequential direct calls
 rss         fresh workers; warm-up, then --rss-jobs jobs, VmRSS of every worker process
             before and after; LiveKit objects are deleted in batches as the jobs finish
 """
@@ -21,9 +25,11 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import redis
 from rich.console import Console
 from rich.progress import (
@@ -38,6 +44,7 @@ from rich.progress import (
 )
 
 from bench import machine
+from bench.api import ApiProcess
 from bench.cpu import CpuMeter, stack_pids
 from bench.direct import (
     BENCH_ORG_PREFIX,
@@ -51,15 +58,25 @@ from bench.direct import (
     is_bench_object,
     sweep,
 )
-from bench.keys import LIVE_KEY, LIVE_SECONDS, MARKER_KEY, PROBE_KEY
+from bench.keys import LIVE_KEY, LIVE_SECONDS, MARKER_KEY, NOOP_STREAM, NOOP_TASK, PROBE_KEY
 from bench.options import BenchError, Options
 from bench.pipeline import Collector, Event, ResultsReader, submit
 from bench.profile import sampling, summarise
 from bench.seed import seed_numbers, unseed
 from bench.stack import Endpoints, StackError, local_livekit_version, resolve
 from bench.stats import percentile, summary
+from bench.tally import (
+    RedisSnapshot,
+    Tally,
+    commands_ours,
+    cpu_ours_ms,
+    cpu_ratio,
+    redis_snapshot,
+    round_trips_ours,
+)
 from bench.workers import WorkerGroup
 from producers import ProvisioningClient
+from producers.keys import ApiKeys
 from worker.app import create_app
 from worker.config import Settings
 from worker.livekit import LiveKitSIP
@@ -94,6 +111,7 @@ class Bench:
         self.details: dict[str, Any] = {}
         self.metrics: dict[str, float] = {}
         self.groups: list[WorkerGroup] = []
+        self.api: ApiProcess | None = None
         self.pending_deletes: list[Future[None]] = []
         self.profiles: list[Path] = []
         self.claimed = False
@@ -183,6 +201,8 @@ class Bench:
 
     def teardown(self) -> None:
         self._stopping.set()
+        if self.api is not None:
+            self.api.stop()
         for group in self.groups:
             group.stop()
         self.groups.clear()
@@ -207,7 +227,10 @@ class Bench:
     # ------------------------------------------------------------------ helpers
 
     @contextlib.contextmanager
-    def workers(self, app: str, label: str) -> Iterator[WorkerGroup]:
+    def workers(self, app: str, label: str,
+                send: Callable[[], str] | None = None,
+                stream: str | None = None) -> Iterator[WorkerGroup]:
+        """Started workers, warmed up with `send` (default: pipeline jobs) read on `stream`."""
         group = WorkerGroup(app=app, count=self.options.workers,
                             concurrency=self.options.effective_worker_concurrency,
                             pool=self.options.pool, env=self.worker_env, log_dir=self.log_dir,
@@ -219,9 +242,11 @@ class Bench:
             self._close_client()
             self.client = self._client()
             # Warm-up: every pool process builds its runtime (connections, clients) once.
-            with Collector(ResultsReader(self.redis_url, self.client.store.keys.results)) as c:
+            with Collector(ResultsReader(self.redis_url,
+                                         stream or self.client.store.keys.results)) as c:
                 self.run_jobs(group, c, max(10, 2 * group.slots), window=group.slots * 2,
-                              phase=f"{label} warm-up", delete_as_you_go=True)
+                              phase=f"{label} warm-up", delete_as_you_go=send is None,
+                              send=send)
             self.flush_deletes()
             yield group
         finally:
@@ -234,8 +259,11 @@ class Bench:
     def run_jobs(self, group: WorkerGroup, collector: Collector, count: int, *, window: int,
                  phase: str, delete_as_you_go: bool = False,
                  on_event: Callable[[int, Event], None] = lambda _done, _event: None,
+                 send: Callable[[], str] | None = None,
                  ) -> tuple[float, float, list[Event]]:
         """Submit `count` jobs keeping at most `window` in flight; returns (t0, t_end, events).
+
+        `send` sends one message and returns its id (default: a pipeline job via submit()).
 
         With delete_as_you_go, the LiveKit objects of finished jobs are deleted in batches of
         --cleanup-batch on background threads (wait with self.flush_deletes()).
@@ -249,8 +277,7 @@ class Bench:
         last_progress = time.monotonic()
         while len(events) < count:
             while submitted < count and len(pending) < window:
-                pending.add(submit(self.client, self.org_id,
-                                   bench_request(self.numbers.next())))
+                pending.add(send() if send is not None else self._submit_job())
                 submitted += 1
             event = collector.next(timeout=1.0)
             if event is None:
@@ -278,6 +305,15 @@ class Bench:
             self._delete_later(batch)
         self.progress.remove_task(task)
         return started, max(e.at for e in events), events
+
+    def _submit_job(self) -> str:
+        return submit(self.client, self.org_id, bench_request(self.numbers.next()))
+
+    def _send_noop(self) -> str:
+        """One message for bench.noop's task: a job id, sent the way jobs are enqueued."""
+        job_id = "job_noop" + uuid.uuid4().hex
+        self.client.app.send_task(NOOP_TASK, args=[job_id], queue=self.settings.queue)
+        return job_id
 
     def _delete_later(self, sets: Sequence[Created]) -> None:
         self.pending_deletes.extend(
@@ -406,67 +442,62 @@ class Bench:
         the machine falls on both alike. Each round starts from a LiveKit without this
         run's objects (the previous round's are deleted, untimed).
         """
-        count, rounds = self.options.jobs, min(self.options.rounds, self.options.jobs)
-        sizes = [count // rounds + (1 if i < count % rounds else 0) for i in range(rounds)]
+        sizes = self._round_sizes()
+        rounds = len(sizes)
         meter = CpuMeter(self._cpu_parties(group))
-        totals: dict[str, dict[str, Any]] = {
-            side: {"jobs": 0, "seconds": 0.0, "cpu": {}, "redis": {}, "rounds": []}
-            for side in ("direct", "pipeline")}
+        totals = {"direct": Tally(), "pipeline": Tally()}
         load_before = machine.loadavg()
         for index, size in enumerate(sizes):
             order = ("direct", "pipeline") if index % 2 == 0 else ("pipeline", "direct")
             for side in order:
-                before = meter.snapshot()
-                calls_before = self._redis_calls()
-                if side == "direct":
-                    seconds, created = self._direct_batch(size, f"round {index + 1}/{rounds}")
-                else:
-                    seconds, created = self._pipeline_batch(group, size,
-                                                            f"round {index + 1}/{rounds}")
-                used = CpuMeter.delta(before, meter.snapshot())
-                calls = self._redis_calls()
-                total = totals[side]
-                for command, count_after in calls.items():
-                    made = count_after - calls_before.get(command, 0)
-                    if made:
-                        total["redis"][command] = total["redis"].get(command, 0) + made
-                total["jobs"] += size
-                total["seconds"] += seconds
-                for name, value in used.items():
-                    total["cpu"][name] = total["cpu"].get(name, 0.0) + value
-                total["rounds"].append({"jobs": size, "seconds": round(seconds, 3),
-                                        "jobs_per_second": round(size / seconds, 2)})
+                label = f"round {index + 1}/{rounds}"
+                batch = (partial(self._direct_batch, size, label) if side == "direct"
+                         else partial(self._pipeline_batch, group, size, label))
+                created = self._measured(totals[side], meter, size, batch)
                 self.delete_now(created, f"deleting {side} objects")
-        for total in totals.values():
-            total["jobs_per_second"] = total["jobs"] / total["seconds"]
-            total["cpu_ms_per_setup"] = {name: round(value * 1000 / total["jobs"], 3)
-                                         for name, value in total["cpu"].items()}
-            total["cpu_ms_per_setup"]["all"] = round(
-                sum(total["cpu"].values()) * 1000 / total["jobs"], 3)
-            del total["cpu"]
-            # Every command the Redis server ran (LiveKit's own included), per setup.
-            per_setup = {name: round(n / total["jobs"], 2)
-                         for name, n in sorted(total["redis"].items(), key=lambda kv: -kv[1])}
-            total["redis_commands_per_setup"] = {"all": round(sum(per_setup.values()), 2),
-                                                 **per_setup}
-            del total["redis"]
-        self.metrics["direct_throughput"] = totals["direct"]["jobs_per_second"]
-        self.metrics["pipeline_throughput"] = totals["pipeline"]["jobs_per_second"]
+        direct, pipeline = totals["direct"], totals["pipeline"]
+        self.metrics["direct_throughput"] = direct.jobs_per_second
+        self.metrics["pipeline_throughput"] = pipeline.jobs_per_second
         self.metrics["throughput_ratio"] = (self.metrics["pipeline_throughput"]
                                             / self.metrics["direct_throughput"])
+        self.metrics["redis_commands_per_job_ours"] = commands_ours(pipeline, direct)
+        self.metrics["redis_client_commands_per_job_ours"] = round_trips_ours(pipeline, direct)
+        self.metrics["cpu_ratio"] = cpu_ratio(pipeline, direct)
         self.details["throughput"] = {
-            "jobs_per_side": count, "rounds": rounds, "direct_threads":
-            self.options.concurrency, "pipeline_slots": group.slots,
-            "direct": totals["direct"], "pipeline": totals["pipeline"],
+            "jobs_per_side": self.options.jobs, "rounds": rounds,
+            "direct_threads": self.options.concurrency, "pipeline_slots": group.slots,
+            "direct": direct.summary(), "pipeline": pipeline.summary(),
+            "ours": {
+                "cpu_ms_per_job": round(cpu_ours_ms(pipeline, direct), 3),
+                "cpu_includes_redis_share": pipeline.cpu_ms("redis") is not None,
+                "cpu_formula": "(bench + workers + (redis - direct redis)) per job / direct "
+                               "bench per setup",
+                "redis_commands_formula": "pipeline all - pipeline bench reads - (direct all "
+                                          "- direct bench reads), per job",
+                "redis_round_trips_formula": "INFO stats total_writes_processed per job: "
+                                             "pipeline - pipeline bench commands - (direct - "
+                                             "direct bench commands)",
+            },
             "worker_profile_pct": summarise(self.profiles) if self.profiles else None,
             "loadavg_before": load_before, "loadavg_after": machine.loadavg(),
         }
 
-    def _redis_calls(self) -> dict[str, int]:
-        """Commands the Redis server has run so far, by name (INFO commandstats)."""
-        stats = self.redis.info("commandstats")
-        return {name.removeprefix("cmdstat_"): int(value["calls"])
-                for name, value in stats.items() if isinstance(value, dict)}
+    def _round_sizes(self) -> list[int]:
+        count, rounds = self.options.jobs, min(self.options.rounds, self.options.jobs)
+        return [count // rounds + (1 if i < count % rounds else 0) for i in range(rounds)]
+
+    def _measured(self, tally: Tally, meter: CpuMeter, size: int,
+                  batch: Callable[[], tuple[float, list[Created]]]) -> list[Created]:
+        """Run one batch and add its seconds, CPU and Redis use to `tally`; its objects."""
+        before, redis_before = meter.snapshot(), self._redis_snapshot()
+        seconds, created = batch()
+        used = CpuMeter.delta(before, meter.snapshot())
+        tally.add(size, seconds, used, redis_before, self._redis_snapshot())
+        return created
+
+    def _redis_snapshot(self) -> RedisSnapshot:
+        # One INFO for both sections: the snapshot itself is one command and one reply.
+        return redis_snapshot(self.redis.info("stats", "commandstats"))
 
     def _cpu_parties(self, group: WorkerGroup) -> dict[str, Callable[[], list[int]]]:
         parties: dict[str, Callable[[], list[int]]] = {"workers": group.pids}
@@ -545,6 +576,8 @@ class Bench:
         self.metrics["pipeline_single_p95_ms"] = percentile(pipe, 95)
         self.metrics["pipeline_single_p99_ms"] = percentile(pipe, 99)
         self.metrics["direct_sequential_p50_ms"] = percentile(samples["sequential"], 50)
+        self.metrics["pipeline_single_ratio"] = (self.metrics["pipeline_single_p50_ms"]
+                                                 / self.metrics["direct_sequential_p50_ms"])
         self.details["single"] = {
             "jobs_each": count,
             "pipeline_ms": summary(pipe),
@@ -552,6 +585,152 @@ class Bench:
             "direct_concurrent_ms": summary(samples["concurrent"]),
             "loadavg_before": load_before, "loadavg_after": machine.loadavg(),
         }
+
+    def phase_noop(self) -> None:
+        """The Celery floor: a no-op task through the same app, broker, settings and worker
+        flags, measured like the pipeline (rounds, CPU by party, Redis use), then one at a
+        time. What a job costs above it is Trunkline's own."""
+        with self.workers("bench.noop", "noop", send=self._send_noop,
+                          stream=NOOP_STREAM) as group:
+            meter = CpuMeter(self._cpu_parties(group))
+            tally = Tally()
+            load_before = machine.loadavg()
+            sizes = self._round_sizes()
+            for index, size in enumerate(sizes):
+                self._measured(tally, meter, size, partial(
+                    self._noop_batch, group, size, f"round {index + 1}/{len(sizes)}"))
+            single = self._noop_single(group)
+        self._flush()
+        self.metrics["celery_noop_throughput"] = tally.jobs_per_second
+        self.metrics["celery_noop_single_p50_ms"] = percentile(single, 50)
+        self.details["noop"] = {
+            "task": NOOP_TASK, "tasks": tally.summary(), "single_ms": summary(single),
+            "loadavg_before": load_before, "loadavg_after": machine.loadavg(),
+        }
+
+    def _noop_batch(self, group: WorkerGroup, count: int,
+                    label: str) -> tuple[float, list[Created]]:
+        """`count` no-op tasks sent at once, like a pipeline batch; (seconds, no objects)."""
+        with Collector(ResultsReader(self.redis_url, NOOP_STREAM)) as c:
+            t0, t_end, _ = self.run_jobs(group, c, count, window=count,
+                                         phase=f"noop x{count} ({group.slots} slots) {label}",
+                                         send=self._send_noop)
+        return t_end - t0, []
+
+    def _noop_single(self, group: WorkerGroup) -> list[float]:
+        count = self.options.single_jobs
+        reader = ResultsReader(self.redis_url, NOOP_STREAM)
+        task = self._task(f"noop one at a time x{count}", count)
+        samples: list[float] = []
+        try:
+            for _ in range(count):
+                started = time.perf_counter()
+                job_id = self._send_noop()
+                event = self._wait_single(reader, group, job_id, "noop")
+                samples.append((event.at - started) * 1000)
+                self.progress.advance(task)
+        finally:
+            reader.close()
+            self.progress.remove_task(task)
+        return samples
+
+    def phase_http(self, group: WorkerGroup) -> None:
+        """One createSipTrunkDispatch at a time through the real API (which waits for the
+        job), interleaved with three sequential direct calls, as phase_single does."""
+        count = self.options.single_jobs
+        key = ApiKeys(self.client.redis).create(self.org_id, name="benchmark http phase")
+        # The per-organisation rate limit (60/min by default) would throttle the samples.
+        self.api = ApiProcess({**self.worker_env, "TRUNKLINE_API_RATE_LIMIT": "0"},
+                              self.log_dir / "api.log")
+        self.api.start()
+        api_url = self.api.url
+        samples: dict[str, list[float]] = {"http": [], "sequential": []}
+        kinds = list(samples)
+        task = self._task(f"http one at a time x{count} (x2 kinds)", count)
+        load_before = machine.loadavg()
+        headers = {"X-API-KEY": key.api_key, "X-API-SECRET": key.api_secret}
+        try:
+            with httpx.Client(base_url=self.api.url, headers=headers, timeout=60) as http:
+                # Untimed: the connection and the API's first-request work (imports, pools).
+                for _ in range(3):
+                    self._http_sample(http, group)
+                for i in range(count):
+                    made: list[Created] = []
+                    for kind in kinds[i % 2:] + kinds[:i % 2]:
+                        if kind == "sequential":
+                            created, seconds = self.direct.sequential(self.numbers.next())
+                        else:
+                            sample = self._http_sample(http, group)
+                            if sample is None:
+                                continue
+                            created, seconds = sample
+                        samples[kind].append(seconds * 1000)
+                        made.append(created)
+                    # Untimed: every sample starts from the same (empty) LiveKit.
+                    for created in made:
+                        delete_created(self.livekit, created)
+                    self.progress.advance(task)
+        finally:
+            self.progress.remove_task(task)
+            self.api.stop()
+            self.api = None
+        if not samples["http"]:
+            raise BenchError(f"http: no request succeeded; API log: {self.log_dir / 'api.log'}")
+        self.metrics["http_single_p50_ms"] = percentile(samples["http"], 50)
+        self.metrics["http_single_p95_ms"] = percentile(samples["http"], 95)
+        self.details["http"] = {
+            "requests": count, "endpoint": "POST /api/sio/createSipTrunkDispatch",
+            "api_url": api_url, "api_log": str(self.log_dir / "api.log"),
+            "http_ms": summary(samples["http"]),
+            "direct_sequential_ms": summary(samples["sequential"]),
+            "loadavg_before": load_before, "loadavg_after": machine.loadavg(),
+        }
+
+    def _http_sample(self, http: httpx.Client,
+                     group: WorkerGroup) -> tuple[Created, float] | None:
+        """One request, timed to its finished answer; (objects, seconds), or None if it
+        failed (recorded, its objects deleted)."""
+        started = time.perf_counter()
+        answer = http.post("/api/sio/createSipTrunkDispatch",
+                           json=bench_request(self.numbers.next()))
+        seconds = time.perf_counter() - started
+        job_id = answer.headers.get("Trunkline-Job-Id", "")
+        job = self.client.store.get(job_id) if job_id else None
+        created = (Created(job.result.inbound_trunk_id, job.result.outbound_trunk_id,
+                           job.result.dispatch_rule_id)
+                   if job is not None and job.result is not None else None)
+        if answer.status_code == 200 and created is not None:
+            return created, seconds
+        group.check_alive()
+        if self.api is not None:
+            self.api.check_alive()
+        try:
+            code = (answer.json().get("error") or {}).get("code")
+        except (ValueError, AttributeError):
+            code = None
+        self.failures.append(Failure("http", job_id or "?",
+                                     f"HTTP {answer.status_code} {code}"))
+        if created is not None:
+            delete_created(self.livekit, created)
+        return None
+
+    def derive(self) -> None:
+        """Figures that need more than one phase: how far the pipeline is above the floor,
+        and the seed user's latency against three sequential direct calls."""
+        metrics = self.metrics
+        if "celery_noop_throughput" in metrics and "pipeline_throughput" in metrics:
+            self.details.setdefault("noop", {})["pipeline_over_noop_throughput"] = (
+                metrics["celery_noop_throughput"] / metrics["pipeline_throughput"])
+        if "celery_noop_single_p50_ms" in metrics and "pipeline_single_p50_ms" in metrics:
+            self.details.setdefault("noop", {})["pipeline_single_minus_noop_ms"] = (
+                metrics["pipeline_single_p50_ms"] - metrics["celery_noop_single_p50_ms"])
+        if "http_single_p50_ms" in metrics:
+            own = self.details["http"]["direct_sequential_ms"]["p50"]
+            sequential = metrics.get("direct_sequential_p50_ms", own)
+            metrics["http_single_ratio"] = metrics["http_single_p50_ms"] / sequential
+            self.details["http"]["ratio_against"] = (
+                "single phase direct_sequential_p50_ms" if "direct_sequential_p50_ms"
+                in metrics else "this phase's own direct sequential p50")
 
     def phase_rss(self) -> None:
         count, warmup = self.options.rss_jobs, self.options.effective_rss_warmup
@@ -604,7 +783,11 @@ class Bench:
                     t = time.perf_counter()
                     self.phase_overhead()
                     durations["overhead"] = time.perf_counter() - t
-                if "throughput" in phases or "single" in phases:
+                if "noop" in phases:
+                    t = time.perf_counter()
+                    self.phase_noop()
+                    durations["noop"] = time.perf_counter() - t
+                if {"throughput", "single", "http"} & set(phases):
                     with self.workers("worker", "bench") as group:
                         if "throughput" in phases:
                             t = time.perf_counter()
@@ -614,10 +797,15 @@ class Bench:
                             t = time.perf_counter()
                             self.phase_single(group)
                             durations["single"] = time.perf_counter() - t
+                        if "http" in phases:
+                            t = time.perf_counter()
+                            self.phase_http(group)
+                            durations["http"] = time.perf_counter() - t
                 if "rss" in phases:
                     t = time.perf_counter()
                     self.phase_rss()
                     durations["rss"] = time.perf_counter() - t
+                self.derive()
             finally:
                 self.teardown()
         return self.compose(started_at, time.perf_counter() - wall, durations, load_start)

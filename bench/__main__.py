@@ -22,6 +22,13 @@ def _positive(raw: str) -> int:
     return value
 
 
+def _not_negative(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _env_pair(raw: str) -> tuple[str, str]:
     name, sep, value = raw.partition("=")
     if not sep or not name:
@@ -84,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
                         help="first delete LiveKit objects left by earlier (crashed) bench runs")
     parser.add_argument("--py-spy", metavar="PATH", default=None,
                         help="py-spy binary: sample the workers during the pipeline batches")
+    parser.add_argument("--monitor-jobs", type=_not_negative, default=20,
+                        help="after the throughput batches, this many jobs one at a time under "
+                             "Redis MONITOR: commands by name, sent by clients or run by Lua "
+                             "scripts (default 20; 0: off)")
     args = parser.parse_args(argv)
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     unknown = [p for p in phases if p not in PHASES]
@@ -100,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         worker_loglevel=args.worker_loglevel, worker_env=tuple(args.worker_env),
         phases=tuple(p for p in PHASES if p in phases), log_dir=args.log_dir,
         keep_data=args.keep_data, cleanup_stale=args.cleanup_stale, py_spy=args.py_spy,
+        monitor_jobs=args.monitor_jobs,
     )
 
 

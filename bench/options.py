@@ -31,6 +31,7 @@ class Options:
     keep_data: bool = False
     cleanup_stale: bool = False
     py_spy: str | None = None
+    monitor_jobs: int = 20
 
     @property
     def effective_worker_concurrency(self) -> int:

@@ -59,6 +59,7 @@ from bench.direct import (
     sweep,
 )
 from bench.keys import LIVE_KEY, LIVE_SECONDS, MARKER_KEY, NOOP_STREAM, NOOP_TASK, PROBE_KEY
+from bench.monitor import CommandWatch, per_job
 from bench.options import BenchError, Options
 from bench.pipeline import Collector, Event, ResultsReader, submit
 from bench.profile import sampling, summarise
@@ -461,7 +462,9 @@ class Bench:
         self.metrics["throughput_ratio"] = (self.metrics["pipeline_throughput"]
                                             / self.metrics["direct_throughput"])
         self.metrics["redis_commands_per_job_ours"] = commands_ours(pipeline, direct)
-        self.metrics["redis_client_commands_per_job_ours"] = round_trips_ours(pipeline, direct)
+        round_trips = round_trips_ours(pipeline, direct)
+        if round_trips is not None:
+            self.metrics["redis_client_commands_per_job_ours"] = round_trips
         self.metrics["cpu_ratio"] = cpu_ratio(pipeline, direct)
         self.details["throughput"] = {
             "jobs_per_side": self.options.jobs, "rounds": rounds,
@@ -481,6 +484,37 @@ class Bench:
             "worker_profile_pct": summarise(self.profiles) if self.profiles else None,
             "loadavg_before": load_before, "loadavg_after": machine.loadavg(),
         }
+        self.details["throughput"]["monitor"] = self._monitored_jobs(group)
+
+    def _monitored_jobs(self, group: WorkerGroup) -> dict[str, Any] | None:
+        """Commands per job by name and source (client or Lua script) in the benchmark's
+        database, for --monitor-jobs untimed jobs one at a time under MONITOR."""
+        count = self.options.monitor_jobs
+        if not count:
+            return None
+        watch = CommandWatch(self.redis_url, self.options.redis_db, ignore=(LIVE_KEY,))
+        try:
+            watch.begin()
+        except redis.RedisError as exc:
+            return {"error": f"MONITOR refused: {exc}"}
+        reader = ResultsReader(self.redis_url, self.client.store.keys.results)
+        task = self._task(f"jobs under MONITOR x{count}", count)
+        try:
+            for _ in range(count):
+                event = self._wait_single(reader, group, self._submit_job(), "monitor")
+                if event.status == "succeeded":
+                    delete_created(self.livekit, Created.from_payload(event.payload))
+                self.progress.advance(task)
+        finally:
+            reader.close()
+            self.progress.remove_task(task)
+            watch.finish()
+        return {"jobs": count,
+                "client_commands_per_job": per_job(watch.client, count),
+                "script_commands_per_job": per_job(watch.script, count),
+                "method": "MONITOR on the benchmark's database; a script's commands are "
+                          "named `lua`; the benchmark's reads (xread, xrevrange, info) and "
+                          "lease left out; one job at a time, so idle polling (brpop) counts"}
 
     def _round_sizes(self) -> list[int]:
         count, rounds = self.options.jobs, min(self.options.rounds, self.options.jobs)

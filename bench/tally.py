@@ -25,7 +25,7 @@ BENCH_COMMANDS = frozenset({"info", "xread", "xrevrange"})
 @dataclass(frozen=True)
 class RedisSnapshot:
     commands: dict[str, int]
-    replies: int
+    replies: int | None  # None: the server does not report total_writes_processed (< 6.0)
 
 
 def redis_snapshot(info: dict[str, Any]) -> RedisSnapshot:
@@ -33,7 +33,8 @@ def redis_snapshot(info: dict[str, Any]) -> RedisSnapshot:
     commands = {name.removeprefix("cmdstat_"): int(value["calls"])
                 for name, value in info.items()
                 if name.startswith("cmdstat_") and isinstance(value, dict)}
-    return RedisSnapshot(commands, int(info.get("total_writes_processed", 0)))
+    replies = info.get("total_writes_processed")
+    return RedisSnapshot(commands, None if replies is None else int(replies))
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Tally:
     seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     commands: dict[str, int] = field(default_factory=dict)
-    replies: int = 0
+    replies: int | None = 0
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, jobs: int, seconds: float, cpu: dict[str, float], before: RedisSnapshot,
@@ -57,7 +58,10 @@ class Tally:
             made = count - before.commands.get(name, 0)
             if made:
                 self.commands[name] = self.commands.get(name, 0) + made
-        self.replies += after.replies - before.replies
+        if self.replies is None or after.replies is None or before.replies is None:
+            self.replies = None
+        else:
+            self.replies += after.replies - before.replies
         self.rounds.append({"jobs": jobs, "seconds": round(seconds, 3),
                             "jobs_per_second": round(jobs / seconds, 2)})
 
@@ -78,8 +82,8 @@ class Tally:
     def bench_commands_per_setup(self) -> float:
         return sum(n for name, n in self.commands.items() if name in BENCH_COMMANDS) / self.jobs
 
-    def replies_per_setup(self) -> float:
-        return self.replies / self.jobs
+    def replies_per_setup(self) -> float | None:
+        return None if self.replies is None else self.replies / self.jobs
 
     def summary(self) -> dict[str, Any]:
         cpu = {name: round(value * 1000 / self.jobs, 3) for name, value in self.cpu.items()}
@@ -91,7 +95,8 @@ class Tally:
             "jobs_per_second": self.jobs_per_second,
             "cpu_ms_per_setup": cpu,
             "redis_commands_per_setup": {"all": round(self.commands_per_setup(), 2), **by_name},
-            "redis_replies_per_setup": round(self.replies_per_setup(), 2),
+            "redis_replies_per_setup": (None if self.replies is None
+                                        else round(self.replies / self.jobs, 2)),
             "bench_commands_per_setup": round(self.bench_commands_per_setup(), 2),
         }
 
@@ -103,11 +108,14 @@ def commands_ours(pipeline: Tally, direct: Tally) -> float:
     return pipeline.commands_per_setup() - pipeline.bench_commands_per_setup() - livekit
 
 
-def round_trips_ours(pipeline: Tally, direct: Tally) -> float:
+def round_trips_ours(pipeline: Tally, direct: Tally) -> float | None:
     """Redis round trips (replies written) per job that are the pipeline's; each of the
-    benchmark's own commands is one round trip of its own."""
-    livekit = direct.replies_per_setup() - direct.bench_commands_per_setup()
-    return pipeline.replies_per_setup() - pipeline.bench_commands_per_setup() - livekit
+    benchmark's own commands is one round trip of its own. None if the server cannot say."""
+    pipeline_replies, direct_replies = pipeline.replies_per_setup(), direct.replies_per_setup()
+    if pipeline_replies is None or direct_replies is None:
+        return None
+    livekit = direct_replies - direct.bench_commands_per_setup()
+    return pipeline_replies - pipeline.bench_commands_per_setup() - livekit
 
 
 def cpu_ours_ms(pipeline: Tally, direct: Tally) -> float:

@@ -63,6 +63,7 @@ def test_bench_writes_every_key(stack: Stack, tmp_path: Path) -> None:
     http = result["details"]["http"]
     assert http["http_ms"]["n"] == 20
     assert http["direct_sequential_ms"]["n"] == 20
+    assert http["respond_async_ms"]["n"] == 20
     # Every target has a verdict, in the JSON as in the table.
     assert set(result["targets_met"]) == set(verdicts(result))
     assert {"throughput_ratio", "single_p50", "http_single_ratio", "cpu_ratio",

@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
                              "task through the same app and broker (the floor); http: the "
                              "real API's createSipTrunkDispatch, one request at a time")
     parser.add_argument("--log-dir", type=Path, default=None,
-                        help="worker logs (default: a new temporary folder)")
+                        help="worker and API logs (default: a new temporary folder)")
     parser.add_argument("--keep-data", action="store_true",
                         help="do not flush the benchmark's Redis database at the end")
     parser.add_argument("--cleanup-stale", action="store_true",

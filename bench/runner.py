@@ -8,7 +8,8 @@ noop        the Celery floor: bench.noop workers (the real app plus a no-op task
 single      one at a time, interleaved: three sequential direct calls, the saga's
             concurrent direct calls, one pipeline job
 http        one at a time, interleaved: the real API's createSipTrunkDispatch (waiting for
-            the answer), three sequential direct calls
+            the answer), three sequential direct calls, the same request answered at once
+            (Prefer: respond-async)
 rss         fresh workers; warm-up, then --rss-jobs jobs, VmRSS of every worker process
             before and after; LiveKit objects are deleted in batches as the jobs finish
 """

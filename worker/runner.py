@@ -18,10 +18,30 @@ from typing import Any, Protocol
 
 from worker.config import Settings
 from worker.observability import JOBS, RETRIES, bound_job
-from worker.records import Attempt, Job, JobError, JobKind, JobResult, JobState, Phase, utcnow
+from worker.records import (
+    Attempt,
+    Job,
+    JobError,
+    JobKind,
+    JobResult,
+    JobState,
+    Phase,
+    PhoneNumberRecord,
+    StepName,
+    StepStatus,
+    utcnow,
+)
 from worker.retry import Classified, RetryPolicy, RunInterrupted, backoff, classify, decide
-from worker.saga import Checkpoint, ProvisioningSaga, StepHooks
-from worker.store import JobStore, LeaseLost, UnreadableRecord
+from worker.saga import Checkpoint, ProvisioningSaga, StepHooks, number_taken_failure
+from worker.store import (
+    Claim,
+    ClaimStatus,
+    JobStore,
+    LeaseLost,
+    NumberTaken,
+    UnreadableRecord,
+    raw_field,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +115,7 @@ class JobRunner:
         self.rand = rand
         self.interruptions = interruptions
         self.hooks = hooks or saga.hooks
+        self._runs: dict[str, _Run] = {}  # by lock token: one entry per delivery running
         self.policy = RetryPolicy(
             max_attempts=settings.max_attempts,
             base=settings.backoff_base,
@@ -103,36 +124,59 @@ class JobRunner:
         )
 
     def run(self, job_id: str) -> Outcome:
-        try:
-            job = self.store.get(job_id)
-        except UnreadableRecord as unreadable:
-            return self._quarantine(job_id, unreadable)
-        if job is None:
+        token = f"{job_id}:{uuid.uuid4().hex}"
+        claim = self.store.claim(job_id, token, self.settings.lease_seconds)
+        job = self._claimed_job(job_id, claim, token)
+        if isinstance(job, Outcome):
+            return job
+        with bound_job(job_id=job_id, org_id=job.org_id, kind=job.kind.value):
+            if claim.status is ClaimStatus.LOCKED:
+                return self._wait_for_lock(job, claim.holder, claim.remaining)
+            if claim.status is ClaimStatus.UNPARSED:
+                # Redis' JSON reader refused what pydantic reads: take the lock the long way.
+                if not self.store.acquire_number_lock(job.number, token,
+                                                      self.settings.lease_seconds):
+                    return self._wait_for_lock(job, *self.store.number_lock_holder(job.number))
+                return self._run_claimed(job, token, lambda: self.store.get_number(job.number))
+            return self._run_claimed(job, token, claim.number_record)
+
+    def _claimed_job(self, job_id: str, claim: Claim, token: str) -> Job | Outcome:
+        """The claimed job, or the Outcome of a delivery that has nothing to run."""
+        if claim.status is ClaimStatus.MISSING:
             log.error("job %s not found in the job store; dropping its message", job_id)
             return Outcome.skipped("unknown job")
-        if job.state.terminal:
-            return Outcome.skipped(f"already {job.state.value}")
-        with bound_job(job_id=job_id, org_id=job.org_id, kind=job.kind.value):
-            return self._run(job)
-
-    def _run(self, job: Job) -> Outcome:
-        job_id, number = job.job_id, job.number
-        token = f"{job_id}:{uuid.uuid4().hex}"
-        if not self.store.acquire_number_lock(number, token, self.settings.lease_seconds):
-            holder, remaining = self.store.number_lock_holder(number)
-            # Another run holds the number (this job's duplicate delivery, or another job for
-            # the same number): come back when its lease ends; this costs no attempt.
-            delay = min(self.policy.cap, remaining + 0.2 + self.rand())
-            log.info("job %s waits %.1fs: %s is locked by %s", job_id, delay, number,
-                     (holder or "?").split(":")[0])
-            return Outcome.retry(delay, "number locked")
         try:
-            return self._run_locked(job_id, token)
+            job = claim.job(job_id)
+        except UnreadableRecord as unreadable:
+            if claim.status is ClaimStatus.CLAIMED:
+                self.store.release_number_lock(raw_field(claim.job_raw, "number") or "", token)
+            return self._quarantine(job_id, unreadable)
+        if claim.status is ClaimStatus.FINISHED or job.state.terminal:
+            if claim.status is ClaimStatus.CLAIMED:
+                self.store.release_number_lock(job.number, token)
+            return Outcome.skipped(f"already {job.state.value}")
+        return job
+
+    def _wait_for_lock(self, job: Job, holder: str | None, remaining: float) -> Outcome:
+        # Another run holds the number (this job's duplicate delivery, or another job for
+        # the same number): come back when its lease ends; this costs no attempt.
+        delay = min(self.policy.cap, remaining + 0.2 + self.rand())
+        log.info("job %s waits %.1fs: %s is locked by %s", job.job_id, delay, job.number,
+                 (holder or "?").split(":")[0])
+        return Outcome.retry(delay, "number locked")
+
+    def _run_claimed(self, job: Job, token: str, current: CurrentRecord) -> Outcome:
+        run = _Run(token, current)
+        self._runs[token] = run
+        try:
+            return self._run_locked(job, run)
         except LeaseLost as lost:
             log.warning("%s; leaving the job to the run that holds it", lost)
             return Outcome.skipped("lease lost")
         finally:
-            self.store.release_number_lock(number, token)
+            del self._runs[token]
+            if not run.released:
+                self.store.release_number_lock(job.number, token)
 
     def _quarantine(self, job_id: str, unreadable: UnreadableRecord) -> Outcome:
         # Retrying cannot repair a record: dead-letter it with its own reason, once.
@@ -140,13 +184,8 @@ class JobRunner:
         log.error("%s; dead-lettered as unreadable_record", unreadable)
         return Outcome.skipped("unreadable record")
 
-    def _run_locked(self, job_id: str, token: str) -> Outcome:
-        try:
-            job = self.store.get(job_id)  # fresh, now that we hold the lock
-        except UnreadableRecord as unreadable:
-            return self._quarantine(job_id, unreadable)
-        if job is None or job.state.terminal:
-            return Outcome.skipped("finished meanwhile")
+    def _run_locked(self, job: Job, run: _Run) -> Outcome:
+        token = run.token
         now = self.clock()
         if job.phase is Phase.PROVISION:
             job.attempts += 1
@@ -156,7 +195,14 @@ class JobRunner:
         job.started_at = job.started_at or _at(now)
         job.next_attempt_at = None
         job.history.append(Attempt(number=len(job.history) + 1, started_at=_at(now)))
-        self._save(job, token, deadline=now + self.settings.lease_seconds)
+        deadline = now + self.settings.lease_seconds
+        if self._first_write_is_a_checkpoint(job):
+            # The saga's first act is a checkpoint, before any external call: the attempt and
+            # the lease's deadline go with it, one round trip fewer, and a delivery that dies
+            # before it has done nothing at all to count.
+            run.deadline = deadline
+        else:
+            self._save(job, token, deadline=deadline)
 
         if job.phase is Phase.PROVISION:
             if job.attempts > self.policy.max_attempts:
@@ -164,15 +210,28 @@ class JobRunner:
                 job.phase = Phase.COMPENSATE
                 self._save(job, token)
             else:
-                outcome = self._provision(job, token)
+                outcome = self._provision(job, run)
                 if outcome is not None:
                     return outcome
         return self._compensate(job, token)
 
-    def _provision(self, job: Job, token: str) -> Outcome | None:
+    def _first_write_is_a_checkpoint(self, job: Job) -> bool:
+        return (job.kind is JobKind.CREATE and job.phase is Phase.PROVISION
+                and job.attempts <= self.policy.max_attempts
+                and all(step.status is StepStatus.PENDING for step in job.steps.values()))
+
+    def _provision(self, job: Job, run: _Run) -> Outcome | None:
         """Run the saga forward; None means: go on to compensation."""
+        token = run.token
+        record: PhoneNumberRecord | None = None
         try:
-            result = self.sagas[job.kind].forward(job, token, self._checkpoint(token))
+            if job.kind is JobKind.CREATE:
+                # The record is written atomically with the job's end (see _finish).
+                result = self.saga.provision(job, token, self._checkpoint(token),
+                                             current=run.current, defer_record=True)
+                record = self.saga.record_for(job)
+            else:
+                result = self.sagas[job.kind].forward(job, token, self._checkpoint(token))
         except LeaseLost:
             raise
         except self.interruptions as exc:
@@ -181,7 +240,19 @@ class JobRunner:
             return self._after_error(job, token, exc)
         job.result = result
         job.error = None
-        return self._finish(job, token, JobState.SUCCEEDED)
+        try:
+            return self._finish(job, token, JobState.SUCCEEDED, record=record)
+        except NumberTaken as taken:
+            # Another job's record appeared for the number: nothing of the end was written.
+            self._unfinish(job)
+            return self._after_error(job, token, number_taken_failure(job, taken.record))
+
+    def _unfinish(self, job: Job) -> None:
+        job.state, job.finished_at, job.result, job.dead_lettered = (
+            JobState.RUNNING, None, None, False)
+        job.step(StepName.PHONE_NUMBER).status = StepStatus.PENDING
+        if job.history:
+            job.history[-1].finished_at = None
 
     def _after_error(self, job: Job, token: str, exc: BaseException) -> Outcome | None:
         info = classify(exc)
@@ -239,7 +310,8 @@ class JobRunner:
         self._save(job, token, deadline=now + delay + self.settings.visibility_timeout)
         return Outcome.retry(delay, job.error.code if job.error else "retry")
 
-    def _finish(self, job: Job, token: str, state: JobState) -> Outcome:
+    def _finish(self, job: Job, token: str, state: JobState,
+                record: PhoneNumberRecord | None = None) -> Outcome:
         job.state = state
         job.finished_at = utcnow()
         job.updated_at = job.finished_at
@@ -247,9 +319,13 @@ class JobRunner:
         if job.history and job.history[-1].finished_at is None:
             job.history[-1].finished_at = job.finished_at
         self.hooks.reached("before_finish", job)
+        run = self._runs.get(token)
         published, event_id = self.store.finish(
-            job, token, payload=event_payload(job), dead_letter=job.dead_lettered
+            job, token, payload=event_payload(job), dead_letter=job.dead_lettered,
+            record=record, release=run is not None,
         )
+        if run is not None:
+            run.released = True
         log.info("job %s %s (event %s%s)", job.job_id, state.value, event_id,
                  "" if published else ", already published")
         if published:
@@ -281,8 +357,25 @@ class JobRunner:
         return checkpoint
 
     def _save(self, job: Job, token: str, *, deadline: float | None = None) -> None:
+        run = self._runs.get(token)
+        if deadline is None and run is not None:
+            deadline, run.deadline = run.deadline, None
         job.updated_at = utcnow()
         self.store.save(job, token, deadline=deadline)
+
+
+# The number's record as read when the lock was taken (None: there is none).
+CurrentRecord = Callable[[], PhoneNumberRecord | None]
+
+
+@dataclass
+class _Run:
+    """One delivery holding its number's lock."""
+
+    token: str
+    current: CurrentRecord
+    deadline: float | None = None  # a lease deadline not yet written
+    released: bool = False  # the lock went with the job's terminal write
 
 
 def _job_error(info: Classified) -> JobError:

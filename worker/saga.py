@@ -196,14 +196,24 @@ class ProvisioningSaga:
     def forward(self, job: Job, token: str, checkpoint: Checkpoint) -> JobResult:
         return self.provision(job, token, checkpoint)
 
-    def provision(self, job: Job, token: str, checkpoint: Checkpoint) -> JobResult:
-        self._check_ownership(job)
+    def provision(self, job: Job, token: str, checkpoint: Checkpoint, *,
+                  current: Callable[[], PhoneNumberRecord | None] | None = None,
+                  defer_record: bool = False) -> JobResult:
+        """Run every step. `current` gives the number's record when the caller has read it
+        under the lock; with `defer_record` the record step only marks itself done and the
+        caller writes `record_for(job)` (JobRunner does, atomically with the job's end)."""
+        self._check_ownership(job, current)
         self.hooks.reached("before_trunks", job)
         self._trunks(job, checkpoint)
         self.hooks.reached("after_trunks", job)
         self._dispatch_rule(job, checkpoint)
         self.hooks.reached("after_rule", job)
-        record = self._record(job, token, checkpoint)
+        record = self.record_for(job)
+        if defer_record:
+            _mark_started(job.step(StepName.PHONE_NUMBER))
+            _mark_done(job.step(StepName.PHONE_NUMBER), record.phone_number_id)
+        else:
+            record = self._record(job, token, record)
         self.hooks.reached("after_record", job)
         return JobResult(
             number=record.number,
@@ -213,11 +223,12 @@ class ProvisioningSaga:
             phone_number_id=record.phone_number_id,
         )
 
-    def _check_ownership(self, job: Job) -> None:
-        existing = self.store.get_number(job.number)
+    def _check_ownership(self, job: Job,
+                         current: Callable[[], PhoneNumberRecord | None] | None) -> None:
+        existing = current() if current is not None else self.store.get_number(job.number)
         if existing is None or existing.job_id == job.job_id:
             return
-        raise _taken(job, existing)
+        raise number_taken_failure(job, existing)
 
     def _trunks(self, job: Job, checkpoint: Checkpoint) -> None:
         inbound, outbound = job.step(StepName.INBOUND_TRUNK), job.step(StepName.OUTBOUND_TRUNK)
@@ -326,10 +337,10 @@ class ProvisioningSaga:
                 f"{_require_id(job, StepName.INBOUND_TRUNK)}; it was not created by this job",
             ) from None
 
-    def _record(self, job: Job, token: str, checkpoint: Checkpoint) -> PhoneNumberRecord:
-        step = job.step(StepName.PHONE_NUMBER)
+    def record_for(self, job: Job) -> PhoneNumberRecord:
+        """The phone-number record of a job whose LiveKit steps are done."""
         request = job.create_request
-        record = PhoneNumberRecord(
+        return PhoneNumberRecord(
             phone_number_id=phone_number_id_for(job),
             org_id=job.org_id,
             number=request.number,
@@ -347,6 +358,9 @@ class ProvisioningSaga:
             allowed_addresses=request.allowed_addresses,
             metadata=request.metadata,
         )
+
+    def _record(self, job: Job, token: str, record: PhoneNumberRecord) -> PhoneNumberRecord:
+        step = job.step(StepName.PHONE_NUMBER)
         # put_number is atomic and idempotent for this job, and compensation deletes the record
         # whatever this step's status says, so no recovery point is needed around it.
         _mark_started(step)
@@ -354,7 +368,7 @@ class ProvisioningSaga:
             with STEP_SECONDS.labels(StepName.PHONE_NUMBER.value).time():
                 stored = self.store.put_number(record, token)
         except NumberTaken as taken:
-            raise _taken(job, taken.record) from None
+            raise number_taken_failure(job, taken.record) from None
         _mark_done(step, stored.phone_number_id)
         return stored
 
@@ -435,7 +449,8 @@ class ProvisioningSaga:
         ]
 
 
-def _taken(job: Job, existing: PhoneNumberRecord) -> ProvisioningFailure:
+def number_taken_failure(job: Job, existing: PhoneNumberRecord) -> ProvisioningFailure:
+    """Why `job` cannot have its number: another job's record holds it."""
     if existing.org_id != job.org_id:
         return ProvisioningFailure(
             "number_owned_by_other_org",

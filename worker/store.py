@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -117,6 +118,32 @@ class Keys:
         return f"{self.prefix}:lock:sweeper"
 
 
+class ClaimStatus(StrEnum):
+    CLAIMED = "claimed"  # the lock is ours; the job is not finished
+    LOCKED = "locked"  # another run holds the number (holder, remaining)
+    FINISHED = "finished"  # the job is terminal; no lock taken
+    MISSING = "missing"  # no such job
+    UNPARSED = "unparsed"  # Redis could not read the record's number; no lock taken
+
+
+@dataclass(frozen=True)
+class Claim:
+    status: ClaimStatus
+    job_raw: bytes = b""
+    number_raw: bytes | None = None
+    holder: str | None = None
+    remaining: float = 0.0
+
+    def job(self, job_id: str) -> Job:
+        return load_job(job_id, self.job_raw)
+
+    def number_record(self) -> PhoneNumberRecord | None:
+        """The number's record as read under the lock (CLAIMED only)."""
+        if self.number_raw is None:
+            return None
+        return parse_number(self.number_raw)
+
+
 _CREATE_JOB = """
 -- KEYS: idempotency key ('' for none), job, active index, org index, number's in-flight set
 -- ARGV: job id, job json, fingerprint, deadline, created score, idempotency ttl
@@ -184,12 +211,29 @@ return 1
 
 # "Already published?" and XADD are one atomic step, together with the terminal job write:
 # a retried finish can neither publish twice nor leave a terminal job without its event.
+# A create's phone-number record is written in the same step (so no run can be seen with the
+# record but without its terminal job), and a run's last write releases its lock here too:
+# the happy path's final write is one round trip.
 _FINISH = """
--- KEYS: lock, job, active index, published marker, results stream, dead letters, in-flight
--- ARGV: token, job json, job id, org id, status, payload, maxlen, dead-letter flag, now
+-- KEYS: lock, job, active index, published marker, results stream, dead letters, in-flight,
+--       number record ('' for none), org's number index ('' for none)
+-- ARGV: token, job json, job id, org id, status, payload, maxlen, dead-letter flag, now,
+--       record json ('' for none), record score, number, release the lock ('1' or '0')
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, ''} end
+if ARGV[10] ~= '' then
+  local existing = redis.call('GET', KEYS[8])
+  if existing then
+    if cjson.decode(existing)['job_id'] ~= ARGV[3] then return {2, existing} end
+  else
+    redis.call('SET', KEYS[8], ARGV[10])
+    redis.call('ZADD', KEYS[9], ARGV[11], ARGV[12])
+  end
+end
 local already = redis.call('GET', KEYS[4])
-if already then return {0, already} end
+if already then
+  if ARGV[13] == '1' then redis.call('DEL', KEYS[1]) end
+  return {0, already}
+end
 local id = redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*',
   'job_id', ARGV[3], 'org_id', ARGV[4], 'status', ARGV[5], 'payload', ARGV[6])
 redis.call('SET', KEYS[4], id)
@@ -197,7 +241,26 @@ redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZREM', KEYS[7], ARGV[3])
 if ARGV[8] == '1' then redis.call('ZADD', KEYS[6], ARGV[9], ARGV[3]) end
+if ARGV[13] == '1' then redis.call('DEL', KEYS[1]) end
 return {1, id}
+"""
+
+# A delivery's first step, in one round trip: read the job, and unless it is finished take its
+# number's lock and read the number's record. The lock and record keys derive from the stored
+# job's number, which only the script can see: it reads keys it is not given, so it suits one
+# Redis (or a Sentinel-managed primary), not Redis Cluster.
+_CLAIM = """
+-- KEYS: job.  ARGV: token, lock ttl ms, lock key prefix, number key prefix
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {0} end
+local ok, job = pcall(cjson.decode, raw)
+if not ok or type(job) ~= 'table' or type(job['number']) ~= 'string' then return {3, raw} end
+if job['state'] == 'succeeded' or job['state'] == 'failed' then return {4, raw} end
+local lock = ARGV[3] .. job['number']
+if redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, raw, redis.call('GET', ARGV[4] .. job['number']) or ''}
+end
+return {2, raw, redis.call('GET', lock) or '', redis.call('PTTL', lock)}
 """
 
 # An unreadable job cannot be finished by _FINISH (that needs the job); it still ends in one
@@ -235,6 +298,7 @@ class JobStore:
         self._delete_number = redis.register_script(_DELETE_NUMBER)
         self._replace_number = redis.register_script(_REPLACE_NUMBER)
         self._finish = redis.register_script(_FINISH)
+        self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE_LOCK)
         self._quarantine = redis.register_script(_QUARANTINE)
 
@@ -336,27 +400,62 @@ class JobStore:
             raise LeaseLost(f"job {job.job_id} lost its lock on {job.number}")
 
     def finish(
-        self, job: Job, token: str, *, payload: dict[str, Any], dead_letter: bool
+        self, job: Job, token: str, *, payload: dict[str, Any], dead_letter: bool,
+        record: PhoneNumberRecord | None = None, release: bool = False,
     ) -> tuple[bool, str]:
-        """Write the terminal job and publish its one event. Returns (published_now, event id)."""
+        """Write the terminal job and publish its one event. Returns (published_now, event id).
+
+        With `record`, the phone-number record is written in the same atomic step unless this
+        job's record is already there (NumberTaken if another job's is, and nothing is
+        written). With `release`, the number lock is released in that step too.
+        """
         if not job.state.terminal:
             raise ValueError("finish() needs a terminal job state")
+        with_record = record is not None
         raw = cast(
             list[Any],
             self._finish(
                 keys=[self.keys.number_lock(job.number), self.keys.job(job.job_id),
                       self.keys.active, self.keys.published(job.job_id, job.run),
                       self.keys.results, self.keys.dead_letters,
-                      self.keys.in_flight(job.number)],
+                      self.keys.in_flight(job.number),
+                      self.keys.number(job.number) if with_record else "",
+                      self.keys.numbers_by_org(job.org_id) if with_record else ""],
                 args=[token, job.model_dump_json(), job.job_id, job.org_id, job.state.value,
                       json.dumps(payload, separators=(",", ":"), default=str),
-                      self.results_maxlen, "1" if dead_letter else "0", time.time()],
+                      self.results_maxlen, "1" if dead_letter else "0", time.time(),
+                      record.model_dump_json() if record is not None else "",
+                      record.created_at.timestamp() if record is not None else 0,
+                      job.number, "1" if release else "0"],
             ),
         )
         status = int(raw[0])
         if status == -1:
             raise LeaseLost(f"job {job.job_id} lost its lock before finishing")
+        if status == 2:
+            raise NumberTaken(PhoneNumberRecord.model_validate_json(raw[1]))
         return status == 1, _text(raw[1])
+
+    def claim(self, job_id: str, token: str, ttl_seconds: float) -> Claim:
+        """Start a delivery in one round trip: the job, its number's lock, the number's record.
+
+        The lock is taken only for a stored job that is not finished and names a number.
+        """
+        raw = cast(list[Any], self._claim(
+            keys=[self.keys.job(job_id)],
+            args=[token, max(1, int(ttl_seconds * 1000)), self.keys.number_lock(""),
+                  self.keys.number("")],
+        ))
+        status = int(raw[0])
+        if status == 0:
+            return Claim(ClaimStatus.MISSING)
+        job_raw = cast(bytes, raw[1])
+        if status == 1:
+            return Claim(ClaimStatus.CLAIMED, job_raw, cast(bytes, raw[2]) or None)
+        if status == 2:
+            return Claim(ClaimStatus.LOCKED, job_raw, holder=_text(raw[2]) or None,
+                         remaining=max(0.0, int(raw[3]) / 1000))
+        return Claim(ClaimStatus.FINISHED if status == 4 else ClaimStatus.UNPARSED, job_raw)
 
     # --- per-number lock --------------------------------------------------------------
 
@@ -381,12 +480,7 @@ class JobStore:
 
     def get_number(self, number: str) -> PhoneNumberRecord | None:
         raw = self.redis.get(self.keys.number(number))
-        if raw is None:
-            return None
-        try:
-            return PhoneNumberRecord.model_validate_json(cast(bytes, raw))
-        except ValueError as exc:
-            raise UnreadableRecord("phone-number", number, _reason(exc)) from None
+        return None if raw is None else parse_number(cast(bytes, raw), number)
 
     def put_number(self, record: PhoneNumberRecord, token: str) -> PhoneNumberRecord:
         """Write the record unless the number belongs to another job (NumberTaken)."""
@@ -474,6 +568,15 @@ def load_job(job_id: str, raw: bytes) -> Job:
         return Job.model_validate_json(raw)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise UnreadableRecord("job", job_id, _reason(exc)) from None
+
+
+def parse_number(raw: bytes, number: str | None = None) -> PhoneNumberRecord:
+    """A stored phone-number record's bytes; UnreadableRecord if they do not load."""
+    try:
+        return PhoneNumberRecord.model_validate_json(raw)
+    except ValueError as exc:
+        raise UnreadableRecord("phone-number", number or raw_field(raw, "number") or "?",
+                               _reason(exc)) from None
 
 
 def _reason(exc: ValueError | PydanticSerializationError) -> str:

@@ -21,7 +21,7 @@ from worker.records import Job, JobError, JobState, Phase, StepName, StepStatus
 from worker.retry import ProvisioningFailure, RetryPolicy
 from worker.runner import COMPENSATION_ATTEMPT_FACTOR, JobRunner, Outcome, event_payload
 from worker.saga import StepHooks, tag
-from worker.store import RESULTS_STREAM
+from worker.store import RESULTS_STREAM, Claim, ClaimStatus
 
 RESULT_KEYS = {"number", "inbound_trunk_id", "outbound_trunk_id", "dispatch_rule_id",
                "phone_number_id"}
@@ -956,17 +956,41 @@ def test_run_that_loses_its_lease_says_so(h: Harness, caplog: pytest.LogCaptureF
         f"job {job.job_id} lost its lock on {NUMBER}; leaving the job to the run that holds it"]
 
 
-def test_job_finished_while_waiting_for_the_lock_is_skipped(h: Harness) -> None:
-    """A job found terminal once the lock is held (another run finished it) is left alone."""
+def test_finished_job_is_skipped_without_taking_its_lock(h: Harness) -> None:
+    """A job found terminal when its delivery starts is left alone, and its number's lock is
+    not taken (reading the job and taking the lock are one atomic step)."""
     job = h.submit()
     update(h, job, lambda j: setattr(j, "state", JobState.SUCCEEDED))
+    h.store.acquire_number_lock(NUMBER, "job_other:run", 30)
 
-    # `job` is the copy read before the lock: still queued.
-    outcome = h.runner()._run(job)
+    outcome = h.runner().run(job.job_id)
 
-    assert outcome == Outcome("skipped", 0.0, "finished meanwhile")
+    # Not "number locked": the finished job is seen before any lock is tried.
+    assert outcome == Outcome("skipped", 0.0, "already succeeded")
     assert sum(h.fake.calls.values()) == 0
     assert h.reload(job).attempts == 0
+    assert h.store.number_lock_holder(NUMBER)[0] == "job_other:run"
+
+
+def test_job_whose_number_redis_cannot_read_takes_the_lock_the_long_way(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record pydantic reads but the claim script could not (Redis' JSON reader is
+    stricter in places) still runs once, under its number's lock, and releases it."""
+    job = h.submit()
+    raw = h.redis.get(h.store.keys.job(job.job_id))
+    assert isinstance(raw, bytes)
+    monkeypatch.setattr(h.store, "claim", lambda *_: Claim(ClaimStatus.UNPARSED, raw))
+    holders: list[str | None] = []
+    h.saga.hooks = StepHooks(reached=lambda point, _job: holders.append(
+        h.store.number_lock_holder(NUMBER)[0]) if point == "before_trunks" else None)
+
+    outcome = h.runner().run(job.job_id)
+
+    assert outcome.kind == "finished"
+    assert h.reload(job).state is JobState.SUCCEEDED
+    assert len(holders) == 1 and (holders[0] or "").startswith(job.job_id + ":")
+    assert h.redis.exists(h.store.keys.number_lock(NUMBER)) == 0
 
 
 def test_deliveries_are_numbered_and_the_first_start_is_kept(h: Harness) -> None:
@@ -1091,25 +1115,35 @@ def test_trunk_creates_log_with_the_jobs_context(h: Harness) -> None:
     assert threads["CreateSIPOutboundTrunk"].startswith("trunkline-saga")
 
 
-def test_job_unreadable_once_locked_is_dead_lettered(h: Harness) -> None:
-    """A record that turns unreadable before the locked read is dead-lettered by its id."""
+@pytest.mark.parametrize(
+    "stored",
+    [b"{not json", b'{"number": "+15551234567", "state": "queued"}'],
+    ids=["unreadable-to-redis-too", "readable-to-redis-only"],
+)
+def test_unreadable_job_is_dead_lettered_and_leaves_no_lock(h: Harness, stored: bytes) -> None:
+    """An unreadable record is dead-lettered by its id; when Redis could read its number and
+    took the lock for it, the lock is released again."""
     job = h.submit()
-    h.redis.set(h.store.keys.job(job.job_id), b"{not json")
+    h.redis.set(h.store.keys.job(job.job_id), stored)
 
-    # `job` is the copy read before the lock, when the record was still readable.
-    outcome = h.runner()._run(job)
+    outcome = h.runner().run(job.job_id)
 
     assert outcome == Outcome("skipped", 0.0, "unreadable record")
     assert h.store.dead_letter_ids() == [job.job_id]
     assert sum(h.fake.calls.values()) == 0
+    assert h.redis.exists(h.store.keys.number_lock(NUMBER)) == 0
 
 
 def test_lock_whose_holder_is_gone_is_logged_as_unknown(
     h: Harness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A lock that expired between the failed take and the look-up names no holder: '?'."""
+    """A lock that expired between the failed take and the look-up names no holder: '?'
+    (the long way, for a record whose number the claim script could not read)."""
     caplog.set_level("INFO", logger="worker.runner")
     job = h.submit()
+    raw = h.redis.get(h.store.keys.job(job.job_id))
+    assert isinstance(raw, bytes)
+    monkeypatch.setattr(h.store, "claim", lambda *_: Claim(ClaimStatus.UNPARSED, raw))
     assert h.store.acquire_number_lock(NUMBER, "job_someoneelse:abc123", 10)
     monkeypatch.setattr(h.store, "number_lock_holder", lambda number: (None, 0.0))
 
@@ -1117,3 +1151,80 @@ def test_lock_whose_holder_is_gone_is_logged_as_unknown(
 
     assert outcome.delay == pytest.approx(0.7)
     assert messages(caplog) == [f"job {job.job_id} waits 0.7s: {NUMBER} is locked by ?"]
+
+
+def test_happy_path_is_four_redis_round_trips(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claim, the trunks' checkpoint (with the attempt), the rule's checkpoint, and the end
+    (record, terminal job, event and lock release in one script): nothing else."""
+    runner = h.runner()
+    # A first job loads the scripts into Redis (once per server, not per job).
+    assert runner.run(h.submit(number="+15557654321").job_id).kind == "finished"
+    job = h.submit()
+    sent: list[str] = []
+    original = h.redis.execute_command
+
+    def counting(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return original(*args, **options)
+
+    monkeypatch.setattr(h.redis, "execute_command", counting)
+
+    assert runner.run(job.job_id).kind == "finished"
+
+    assert len(sent) == 4, sent
+    assert set(sent) <= {"EVALSHA", "EVAL"}
+    stored = h.reload(job)
+    assert stored.state is JobState.SUCCEEDED and stored.attempts == 1
+    assert h.store.get_number(NUMBER) is not None
+    assert h.redis.exists(h.store.keys.number_lock(NUMBER)) == 0
+
+
+def test_attempt_is_stored_before_the_first_livekit_call(h: Harness) -> None:
+    """The attempt goes with the trunks' checkpoint: by the first create it is counted and
+    the lease deadline is in the sweep index."""
+    job = h.submit()
+    seen: list[tuple[int, str, float | None]] = []
+
+    def look(method: str) -> None:
+        stored = h.reload(job)
+        seen.append((stored.attempts, stored.step(StepName.INBOUND_TRUNK).status.value,
+                     h.redis.zscore(h.store.keys.active, job.job_id)))
+
+    h.fake.before_apply = look
+    before = time.time()
+    runner = h.runner()
+
+    assert runner.run(job.job_id).kind == "finished"
+
+    first = seen[0]
+    assert first[:2] == (1, "started")
+    assert first[2] is not None
+    assert first[2] >= before + h.settings.lease_seconds - 1
+
+
+def test_record_taken_at_the_end_fails_the_job_and_undoes_its_objects(h: Harness) -> None:
+    """Another job's record written for the number while this run worked: the end writes
+    nothing of this job's, which compensates and fails with the number's code."""
+    other = h.submit(org_id="org_other")
+    job = h.submit()
+
+    def record_other(point: str, running: Job) -> None:
+        if point == "before_finish" and running.job_id == job.job_id and running.result:
+            theirs = h.saga.record_for(running).model_copy(update={
+                "job_id": other.job_id, "org_id": "org_other", "phone_number_id": "pn_other"})
+            h.redis.set(h.store.keys.number(NUMBER), theirs.model_dump_json())
+
+    h.saga.hooks = StepHooks(reached=record_other)
+    runner = h.runner()
+
+    assert runner.run(job.job_id).kind == "finished"
+
+    stored = h.reload(job)
+    assert stored.state is JobState.FAILED
+    assert stored.error is not None and stored.error.code == "number_owned_by_other_org"
+    record = h.store.get_number(NUMBER)
+    assert record is not None and record.job_id == other.job_id
+    assert h.fake.inbound == {} and h.fake.outbound == {} and h.fake.rules == {}
+    events = [e for e in h.redis.xrange(RESULTS_STREAM)
+              if e[1][b"job_id"] == job.job_id.encode()]
+    assert [e[1][b"status"] for e in events] == [b"failed"]

@@ -14,6 +14,7 @@ from tests.worker.fake_livekit import NUMBER, ORG, build_job, settings
 from worker.records import Job, JobState, PhoneNumberRecord, new_job_id
 from worker.store import (
     RESULTS_STREAM,
+    ClaimStatus,
     IdempotencyConflict,
     JobStore,
     LeaseLost,
@@ -343,3 +344,135 @@ def test_find_idempotent_names_the_job_and_fingerprint(store: JobStore, vault: V
     assert store.find_idempotent(job.org_id, "k-1") == (job.job_id, job.request_fingerprint)
     assert store.find_idempotent("org_other", "k-1") is None
     assert store.find_idempotent(job.org_id, "k-2") is None
+
+
+# --- claim, and the end that writes the record and releases the lock ----------------------
+
+
+def same(loaded: Job | PhoneNumberRecord | None, expected: Job | PhoneNumberRecord) -> bool:
+    """Equal as stored (a loaded datetime's tzinfo is pydantic's, not datetime's); records
+    built apart differ only in their timestamps."""
+    skip = {"created_at", "updated_at"} if isinstance(expected, PhoneNumberRecord) else set()
+    return loaded is not None and (loaded.model_dump(mode="json", exclude=skip)
+                                   == expected.model_dump(mode="json", exclude=skip))
+
+
+def test_claim_takes_the_lock_and_reads_the_job_and_record(store: JobStore, vault: Vault) -> None:
+    job = stored(store, vault)
+    store.redis.set(store.keys.number(NUMBER), record_for(job).model_dump_json())
+
+    claim = store.claim(job.job_id, TOKEN, 30)
+
+    assert claim.status is ClaimStatus.CLAIMED
+    assert same(claim.job(job.job_id), job)
+    assert same(claim.number_record(), record_for(job))
+    holder, remaining = store.number_lock_holder(NUMBER)
+    assert holder == TOKEN and 29 < remaining <= 30
+
+
+def test_claim_of_a_number_without_record(store: JobStore, vault: Vault) -> None:
+    job = stored(store, vault)
+
+    claim = store.claim(job.job_id, TOKEN, 30)
+
+    assert claim.status is ClaimStatus.CLAIMED
+    assert claim.number_record() is None
+
+
+def test_claim_of_a_locked_number_names_the_holder(store: JobStore, vault: Vault) -> None:
+    job = stored(store, vault)
+    assert store.acquire_number_lock(NUMBER, "job_y:token", 20)
+
+    claim = store.claim(job.job_id, TOKEN, 30)
+
+    assert claim.status is ClaimStatus.LOCKED
+    assert claim.holder == "job_y:token"
+    assert 19 < claim.remaining <= 20
+    assert store.number_lock_holder(NUMBER)[0] == "job_y:token"
+
+
+@pytest.mark.parametrize("state", [JobState.SUCCEEDED, JobState.FAILED])
+def test_claim_of_a_finished_job_takes_no_lock(store: JobStore, vault: Vault,
+                                               state: JobState) -> None:
+    job = stored(store, vault)
+    store.redis.set(store.keys.job(job.job_id), terminal(job, state).model_dump_json())
+
+    claim = store.claim(job.job_id, TOKEN, 30)
+
+    assert claim.status is ClaimStatus.FINISHED
+    assert claim.job(job.job_id).state is state
+    assert store.number_lock_holder(NUMBER) == (None, 0.0)
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1,2]", b'{"number": 15551234567}'])
+def test_claim_of_a_record_without_a_readable_number_takes_no_lock(
+    store: JobStore, raw: bytes
+) -> None:
+    store.redis.set(store.keys.job("job_bad"), raw)
+
+    claim = store.claim("job_bad", TOKEN, 30)
+
+    assert (claim.status, claim.job_raw) == (ClaimStatus.UNPARSED, raw)
+    assert not store.redis.keys(store.keys.number_lock("*"))
+
+
+def test_claim_of_an_unknown_job(store: JobStore) -> None:
+    assert store.claim("job_none", TOKEN, 30).status is ClaimStatus.MISSING
+    assert not store.redis.keys(store.keys.number_lock("*"))
+
+
+def test_finish_with_record_writes_both_and_releases_the_lock(
+    store: JobStore, vault: Vault
+) -> None:
+    job = stored(store, vault)
+    store.acquire_number_lock(NUMBER, TOKEN, 30)
+
+    published, _ = store.finish(terminal(job), TOKEN, payload={}, dead_letter=False,
+                                record=record_for(job), release=True)
+
+    assert published
+    assert same(store.get_number(NUMBER), record_for(job))
+    assert list(store.numbers_of_org(ORG)) == [NUMBER]
+    assert store.number_lock_holder(NUMBER) == (None, 0.0)
+    assert same(store.get(job.job_id), terminal(job))
+
+
+def test_finish_keeps_this_jobs_record_already_there(store: JobStore, vault: Vault) -> None:
+    job = stored(store, vault)
+    store.acquire_number_lock(NUMBER, TOKEN, 30)
+    store.put_number(record_for(job, "pn_first"), TOKEN)
+
+    published, _ = store.finish(terminal(job), TOKEN, payload={}, dead_letter=False,
+                                record=record_for(job, "pn_second"))
+
+    assert published
+    assert same(store.get_number(NUMBER), record_for(job, "pn_first"))
+    assert store.number_lock_holder(NUMBER)[0] == TOKEN  # release=False keeps the lock
+
+
+def test_finish_with_another_jobs_record_writes_nothing(store: JobStore, vault: Vault) -> None:
+    other = stored(store, vault)
+    job = stored(store, vault)
+    store.redis.set(store.keys.number(NUMBER), record_for(other).model_dump_json())
+    store.acquire_number_lock(NUMBER, TOKEN, 30)
+
+    with pytest.raises(NumberTaken) as taken:
+        store.finish(terminal(job), TOKEN, payload={}, dead_letter=False,
+                     record=record_for(job), release=True)
+
+    assert same(taken.value.record, record_for(other))
+    assert same(store.get(job.job_id), job)
+    assert store.redis.xlen(RESULTS_STREAM) == 0
+    assert store.number_lock_holder(NUMBER)[0] == TOKEN
+
+
+def test_finish_already_published_still_releases(store: JobStore, vault: Vault) -> None:
+    job = stored(store, vault)
+    store.acquire_number_lock(NUMBER, TOKEN, 30)
+    store.finish(terminal(job), TOKEN, payload={}, dead_letter=False)
+
+    published, _ = store.finish(terminal(job), TOKEN, payload={}, dead_letter=False,
+                                release=True)
+
+    assert not published
+    assert store.number_lock_holder(NUMBER) == (None, 0.0)

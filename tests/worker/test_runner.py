@@ -1161,7 +1161,7 @@ def test_happy_path_is_four_redis_round_trips(h: Harness, monkeypatch: pytest.Mo
     assert runner.run(h.submit(number="+15557654321").job_id).kind == "finished"
     job = h.submit()
     sent: list[str] = []
-    original = h.redis.execute_command
+    original: Callable[..., Any] = h.redis.execute_command
 
     def counting(*args: Any, **options: Any) -> Any:
         sent.append(str(args[0]))
@@ -1225,6 +1225,6 @@ def test_record_taken_at_the_end_fails_the_job_and_undoes_its_objects(h: Harness
     record = h.store.get_number(NUMBER)
     assert record is not None and record.job_id == other.job_id
     assert h.fake.inbound == {} and h.fake.outbound == {} and h.fake.rules == {}
-    events = [e for e in h.redis.xrange(RESULTS_STREAM)
-              if e[1][b"job_id"] == job.job_id.encode()]
+    raw = cast(list[tuple[bytes, dict[bytes, bytes]]], h.redis.xrange(RESULTS_STREAM))
+    events = [e for e in raw if e[1][b"job_id"] == job.job_id.encode()]
     assert [e[1][b"status"] for e in events] == [b"failed"]

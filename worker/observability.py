@@ -45,6 +45,9 @@ RECONCILE_FINDINGS = Gauge("trunkline_reconcile_findings",
                            multiprocess_mode="mostrecent")
 
 
+CELERY_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
 def configure_logging(env: Mapping[str, str] | None = None) -> None:
     """JSON (default) or console logs on stderr, level from TRUNKLINE_LOG_LEVEL."""
     env = os.environ if env is None else env
@@ -77,6 +80,11 @@ def configure_logging(env: Mapping[str, str] | None = None) -> None:
     root.setLevel(level)
     # httpx logs every request line at INFO; our client logs what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Celery's "Task ... received" / "... succeeded" lines: two JSON lines per delivery, about
+    # a tenth of a job's worker CPU; our own line per job end says more. Errors still show.
+    celery_level = env.get("TRUNKLINE_CELERY_LOG_LEVEL", "WARNING").upper()
+    for name in CELERY_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(celery_level)
 
 
 def _drop_color_message(

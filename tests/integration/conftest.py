@@ -227,7 +227,9 @@ def worker_factory(stack: Stack, tmp_path: Path) -> Iterator[WorkerFactory]:
     made: list[WorkerProcess] = []
 
     def make(concurrency: int = 2, start: bool = True, **env: str) -> WorkerProcess:
-        defaults = {"TRUNKLINE_BACKOFF_BASE": "0.2", "TRUNKLINE_BACKOFF_MAX": "2"}
+        # Celery's task lines are how these tests see deliveries (WorkerProcess.tasks).
+        defaults = {"TRUNKLINE_BACKOFF_BASE": "0.2", "TRUNKLINE_BACKOFF_MAX": "2",
+                    "TRUNKLINE_CELERY_LOG_LEVEL": "INFO"}
         worker = WorkerProcess(stack.env(**{**defaults, **env}),
                                tmp_path / f"worker{len(made)}.log", concurrency)
         made.append(worker)

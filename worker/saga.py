@@ -21,7 +21,7 @@ import contextvars
 import json
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -185,8 +185,10 @@ class ProvisioningSaga:
         self.store = store
         self.vault = vault
         self.hooks = hooks or StepHooks()
-        # Two threads: the inbound and outbound trunks are independent and created at once.
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trunkline-saga")
+        # The inbound and outbound trunks are independent and created at once: one on the
+        # run's own thread, the other here (threads start only as runs overlap: one per run
+        # slot under a threads pool, a single one in a prefork child).
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="trunkline-saga")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -244,16 +246,23 @@ class ProvisioningSaga:
             _mark_started(step)
         checkpoint(job)
 
-        futures: dict[StepName, Future[tuple[str, bool]]] = {}
+        creates: list[tuple[StepName, Callable[[Job], tuple[str, bool]]]] = []
         if inbound.status is StepStatus.STARTED:
-            # copy_context: the pool thread logs with this job's bound ids.
-            futures[StepName.INBOUND_TRUNK] = self._pool.submit(
-                contextvars.copy_context().run, self._create_inbound, job)
+            creates.append((StepName.INBOUND_TRUNK, self._create_inbound))
         if outbound.status is StepStatus.STARTED:
-            futures[StepName.OUTBOUND_TRUNK] = self._pool.submit(
-                contextvars.copy_context().run, self._create_outbound, job)
+            creates.append((StepName.OUTBOUND_TRUNK, self._create_outbound))
+        # All but the first go to the pool; the first runs on this thread meanwhile (one
+        # thread hand-off per job instead of two). copy_context: the pool thread logs with
+        # this job's bound ids.
+        futures = [(name, self._pool.submit(contextvars.copy_context().run, create, job))
+                   for name, create in creates[1:]]
         first_error: BaseException | None = None
-        for name, future in futures.items():
+        name, create = creates[0]
+        try:
+            _mark_done(job.step(name), *create(job))
+        except BaseException as exc:
+            first_error = exc
+        for name, future in futures:
             try:
                 _mark_done(job.step(name), *future.result())
             except BaseException as exc:

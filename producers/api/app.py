@@ -21,6 +21,7 @@ DELETE), and makes no job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -61,6 +62,7 @@ from producers.api.schemas import (
 )
 from producers.api.settings import ApiSettings
 from producers.api.views import number_view, release_view
+from producers.api.waiter import ResultWaiter
 from producers.client import NumberNotFound, ProvisioningClient
 from producers.keys import ApiKeys
 from producers.ratelimit import RateLimiter
@@ -119,6 +121,7 @@ class ApiState:
     auth_failures: RateLimiter
     admission: Admission
     probes: Mapping[str, Probe]
+    waiter: ResultWaiter
     clock: Callable[[], float] = time.time
     closers: list[Callable[[], None]] = field(default_factory=list)
 
@@ -487,17 +490,22 @@ async def _get_job(state: ApiState, job_id: str) -> Job | None:
 
 
 async def _wait(state: ApiState, job_id: str, timeout: float) -> Job | None:
+    """The job once it is finished, or as it is when `timeout` runs out."""
     deadline = time.monotonic() + timeout
-    pause = 0.02
-    while True:
-        job = await _get_job(state, job_id)
-        if job is None or job.state.terminal:
-            return job
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return job
-        await asyncio.sleep(min(pause, left))
-        pause = min(pause * 1.5, 0.25)
+    with state.waiter.watch(job_id) as finished:
+        while True:
+            job = await _get_job(state, job_id)
+            if job is None or job.state.terminal:
+                return job
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return job
+            pause = min(left, state.waiter.recheck)
+            if finished.done():  # its event was read, yet the job reads unfinished: poll
+                await asyncio.sleep(pause)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(finished), pause)
 
 
 # --------------------------------------------------------------------------- routes
@@ -797,9 +805,12 @@ def create_api(
                                   prefix="trunkline:api:authfail", clock=clock),
         admission=Admission(client),
         probes=probes if probes is not None else _default_probes(settings, api, closers),
+        waiter=ResultWaiter(client.redis, client.store.keys.results),
         clock=clock,
         closers=closers,
     )
+
+    closers.insert(0, state.waiter.stop)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:

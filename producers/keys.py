@@ -18,6 +18,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +33,7 @@ KEY_PREFIX = "sk_"
 SECRET_PREFIX = "s3cr3t_"  # noqa: S105 - a prefix, not a secret (the seed's format)
 HASH_SCHEME = "pbkdf2_sha256"
 DEFAULT_ITERATIONS = 10_000
+VERIFIED_CACHE_SIZE = 1024  # keys remembered per process once verified
 _KEY_ID = re.compile(r"^sk_[A-Za-z0-9]{24,64}$")
 _ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -121,6 +124,12 @@ class ApiKeys:
         self.redis = redis
         self.prefix = prefix
         self.iterations = iterations
+        # Secrets that passed PBKDF2 once, as SHA-256 digests, by key id and stored hash: a
+        # client sending the same key on every request pays the slow check once per process.
+        # The record is still read each time, so a revoked or rotated key stops at once; a
+        # wrong secret is never remembered, so guessing still costs PBKDF2 every try.
+        self._verified: OrderedDict[str, bytes] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     def _key(self, key_id: str) -> str:
         return f"{self.prefix}:key:{key_id}"
@@ -162,10 +171,25 @@ class ApiKeys:
         record = self.get(key_id) if len(key_id) <= 80 else None
         if len(secret) > 200:
             secret = secret[:200]  # bounded work; a 200-char prefix never matches anyway
+        digest = hashlib.sha256(secret.encode()).digest()
+        if record is not None and not record.revoked and self._seen(record, digest):
+            return record.org_id
         ok = verify_secret(secret, record.secret_hash if record else _DUMMY_HASH)
         if record is None or not ok or record.revoked:
             return None
+        self._remember(record, digest)
         return record.org_id
+
+    def _seen(self, record: ApiKeyRecord, digest: bytes) -> bool:
+        with self._verified_lock:
+            known = self._verified.get(f"{record.key_id}${record.secret_hash}")
+        return known is not None and hmac.compare_digest(known, digest)
+
+    def _remember(self, record: ApiKeyRecord, digest: bytes) -> None:
+        with self._verified_lock:
+            self._verified[f"{record.key_id}${record.secret_hash}"] = digest
+            while len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
 
     def revoke(self, key_id: str) -> ApiKeyRecord:
         """Mark a key revoked (idempotent); raises UnknownKey for an unknown key."""

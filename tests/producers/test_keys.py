@@ -5,6 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+import producers.keys as module
 from producers.keys import (
     ApiKeys,
     UnknownKey,
@@ -89,3 +90,63 @@ def test_hash_round_trip_and_salt() -> None:
     assert one != two
     assert verify_secret("s", one) and verify_secret("s", two)
     assert not verify_secret("t", one)
+
+
+@pytest.fixture
+def pbkdf2_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    original = module.verify_secret
+
+    def counting(secret: str, encoded: str) -> bool:
+        calls.append(secret)
+        return original(secret, encoded)
+
+    monkeypatch.setattr(module, "verify_secret", counting)
+    return calls
+
+
+def test_a_verified_secret_skips_the_slow_check_next_time(
+    keys: ApiKeys, pbkdf2_calls: list[str]
+) -> None:
+    created = keys.create("org_1")
+
+    for _ in range(3):
+        assert keys.authenticate(created.api_key, created.api_secret) == "org_1"
+
+    assert pbkdf2_calls == [created.api_secret]
+
+
+def test_wrong_secrets_pay_the_slow_check_every_time(
+    keys: ApiKeys, pbkdf2_calls: list[str]
+) -> None:
+    created = keys.create("org_1")
+    assert keys.authenticate(created.api_key, created.api_secret) == "org_1"
+
+    for _ in range(3):
+        assert keys.authenticate(created.api_key, created.api_secret + "x") is None
+
+    assert len(pbkdf2_calls) == 4
+
+
+def test_a_remembered_key_stops_at_once_when_revoked(keys: ApiKeys) -> None:
+    created = keys.create("org_1")
+    assert keys.authenticate(created.api_key, created.api_secret) == "org_1"
+
+    keys.revoke(created.api_key)
+
+    assert keys.authenticate(created.api_key, created.api_secret) is None
+
+
+def test_a_remembered_key_whose_hash_changed_is_checked_again(
+    keys: ApiKeys, pbkdf2_calls: list[str]
+) -> None:
+    """A key re-hashed in the store (e.g. new iterations) is verified against the new hash."""
+    created = keys.create("org_1")
+    assert keys.authenticate(created.api_key, created.api_secret) == "org_1"
+    record = keys.get(created.api_key)
+    assert record is not None
+    keys.redis.set(keys._key(created.api_key), record.model_copy(update={
+        "secret_hash": hash_secret("another secret", iterations=1000)}).model_dump_json())
+
+    assert keys.authenticate(created.api_key, created.api_secret) is None
+    assert len(pbkdf2_calls) == 2

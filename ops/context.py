@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from worker.config import ConfigError, Settings
+from worker.config import ConfigError, Settings, format_sentinels
 from worker.livekit import (
     LiveKitError,
     LiveKitRetryableError,
@@ -145,8 +145,13 @@ def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:
 
 
 def redis_unreachable_message(settings: Settings, exc: BaseException) -> str:
-    return (f"cannot reach Redis at {redact_url(settings.redis_url)} (check REDIS_URL): "
-            f"{_one_line(exc)}")
+    if settings.uses_sentinel:
+        where = (f"Sentinel master {settings.redis_sentinel_master!r} via "
+                 f"{format_sentinels(settings.redis_sentinels)} (check TRUNKLINE_REDIS_SENTINELS "
+                 "and TRUNKLINE_REDIS_SENTINEL_MASTER)")
+    else:
+        where = f"{redact_url(settings.redis_url)} (check REDIS_URL)"
+    return f"cannot reach Redis at {where}: {_one_line(exc)}"
 
 
 @contextlib.contextmanager

@@ -15,7 +15,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.config import Settings
 from worker.observability import GaugeFromCallable, configure_logging, serve_metrics
-from worker.runtime import RuntimeHolder, redis_client
+from worker.runtime import (
+    RuntimeHolder,
+    broker_transport_options,
+    broker_url,
+    redis_client,
+)
 from worker.store import JobStore
 from worker.sweeper import Sweeper, SweeperThread
 from worker.tasks import PROVISION_TASK, RECONCILE_TASK, register_tasks
@@ -25,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, env: Mapping[str, str] | None = None) -> Celery:
     settings = settings or Settings.from_env(env)
-    app = Celery("trunkline", broker=settings.redis_url, set_as_current=False)
+    app = Celery("trunkline", broker=broker_url(settings), set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],  # never pickle
@@ -38,7 +43,8 @@ def create_app(settings: Settings | None = None, env: Mapping[str, str] | None =
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=settings.task_soft_time_limit,
         task_default_queue=settings.queue,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # visibility_timeout, and with Sentinel the master name (kombu's Sentinel transport).
+        broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=False,

@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from worker.gateway_policy import GatewayPolicy
 
@@ -22,6 +23,9 @@ class ConfigError(ValueError):
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LIVEKIT_URL = "http://127.0.0.1:7880"
+# Only meaningful with Sentinel: with REDIS_URL the database and password are in the URL.
+SENTINEL_ONLY = ("TRUNKLINE_REDIS_SENTINEL_MASTER", "TRUNKLINE_REDIS_SENTINEL_PASSWORD",
+                 "TRUNKLINE_REDIS_DB", "TRUNKLINE_REDIS_PASSWORD")
 
 
 def env_int(env: Mapping[str, str], name: str, default: int, minimum: int,
@@ -92,6 +96,13 @@ class Settings:
     queue: str = "trunkline.provision"
     metrics_port: int | None = None
     reconcile_interval: int = 3600
+    # Sentinel (TRUNKLINE_REDIS_SENTINELS): when set it replaces redis_url for the store and
+    # the broker. The passwords stay out of repr, which shows up in tracebacks and logs.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = ""
+    redis_sentinel_password: str = field(default="", repr=False)
+    redis_db: int = 0
+    redis_password: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -117,7 +128,12 @@ class Settings:
             metrics_port=env_int(env, "TRUNKLINE_METRICS_PORT", 0, minimum=0,
                                  maximum=65535) or None,
             reconcile_interval=env_int(env, "TRUNKLINE_RECONCILE_INTERVAL", 3600, minimum=0),
+            **_sentinel_settings(env),
         )
+
+    @property
+    def uses_sentinel(self) -> bool:
+        return bool(self.redis_sentinels)
 
     def require_livekit(self) -> None:
         missing = [
@@ -173,3 +189,63 @@ def _gateway_policy(env: Mapping[str, str]) -> GatewayPolicy:
         return GatewayPolicy.parse(env.get("TRUNKLINE_GATEWAY_ALLOWLIST", "").split(","))
     except ValueError as exc:
         raise ConfigError(f"TRUNKLINE_GATEWAY_ALLOWLIST: {exc}") from None
+
+
+def format_sentinels(sentinels: tuple[tuple[str, int], ...]) -> str:
+    return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    for host, port in sentinels)
+
+
+def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port,...` (an IPv6 host in brackets), or ConfigError naming the variable."""
+    name = "TRUNKLINE_REDIS_SENTINELS"
+    found: list[tuple[str, int]] = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        host, sep, port_text = entry.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            sep = ""  # an unbracketed IPv6 address: which colon ends the host is ambiguous
+        if not sep or not host or any(c.isspace() or c in "/@[]" for c in host):
+            raise ConfigError(f"{name}: {entry!r} is not host:port (write an IPv6 address as "
+                              "[addr]:port)")
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(f"{name}: {entry!r} needs a port from 1 to 65535")
+        address = (host, int(port_text))
+        if address in found:
+            raise ConfigError(f"{name}: {entry!r} is listed twice")
+        found.append(address)
+    return tuple(found)
+
+
+def _sentinel_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    sentinels = parse_sentinels(env.get("TRUNKLINE_REDIS_SENTINELS", ""))
+    if not sentinels:
+        stray = [name for name in SENTINEL_ONLY if env.get(name, "").strip()]
+        if stray:
+            raise ConfigError(f"{stray[0]} is only used with TRUNKLINE_REDIS_SENTINELS, which is "
+                              "not set (with REDIS_URL, put the database and password in the URL)")
+        return {}
+    master = env.get("TRUNKLINE_REDIS_SENTINEL_MASTER", "").strip()
+    if not master:
+        raise ConfigError("TRUNKLINE_REDIS_SENTINEL_MASTER must be set when "
+                          "TRUNKLINE_REDIS_SENTINELS is: the name the sentinels monitor the "
+                          "primary under (`sentinel monitor <name> ...`)")
+    if any(c.isspace() for c in master):
+        raise ConfigError(
+            f"TRUNKLINE_REDIS_SENTINEL_MASTER must not contain spaces, got {master!r}")
+    return {
+        "redis_sentinels": sentinels,
+        "redis_sentinel_master": master,
+        "redis_sentinel_password": _password(env, "TRUNKLINE_REDIS_SENTINEL_PASSWORD"),
+        "redis_db": env_int(env, "TRUNKLINE_REDIS_DB", 0, minimum=0),
+        "redis_password": _password(env, "TRUNKLINE_REDIS_PASSWORD"),
+    }
+
+
+def _password(env: Mapping[str, str], name: str) -> str:
+    # Not stripped: a space may be part of a password. Only a blank value means "none".
+    raw = env.get(name, "")
+    return raw if raw.strip() else ""

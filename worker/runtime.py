@@ -10,11 +10,14 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
 import redis
+from redis.sentinel import Sentinel
 
 from worker.chaos import hooks_from_env
-from worker.config import Settings
+from worker.config import Settings, format_sentinels
 from worker.lifecycle import ReleaseSaga, UpdateSaga
 from worker.livekit import LiveKitSIP
 from worker.records import JobKind
@@ -64,13 +67,70 @@ class Runtime:
         self.redis.close()
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=10,
-        socket_connect_timeout=5,
+def redis_client(settings: Settings, *, socket_timeout: float = 10.0,
+                 socket_connect_timeout: float = 5.0) -> redis.Redis:
+    """The one way every part of Trunkline opens Redis: REDIS_URL, or the Sentinel master.
+
+    A Sentinel client asks the sentinels for the primary's address whenever it opens a
+    connection, and drops its idle connections when that address changed. A demoted primary
+    answers writes with READONLY, which redis-py turns into a ConnectionError for these
+    clients; that error, and the connections a failover closes, are retried by the client's
+    default Retry (10 attempts, backoff up to 1 s), each on a freshly resolved primary.
+    Registered Lua scripts reload themselves on the new primary (EVALSHA, then EVAL on
+    NOSCRIPT).
+    """
+    if not settings.uses_sentinel:
+        return redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            health_check_interval=30,
+        )
+    # redis.sentinel has no annotations; master_for returns a redis_class instance.
+    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+        list(settings.redis_sentinels),
+        sentinel_kwargs=sentinel_connection_options(settings, socket_connect_timeout),
+    )
+    client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+        settings.redis_sentinel_master,
+        redis_class=redis.Redis,
+        db=settings.redis_db,
+        password=settings.redis_password or None,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_connect_timeout,
         health_check_interval=30,
     )
+    return client
+
+
+def sentinel_connection_options(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:
+    """How to talk to the sentinels themselves (not the primary): short timeouts, so one dead
+    sentinel only delays the look-up until the next one answers."""
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if settings.redis_sentinel_password:
+        options["password"] = settings.redis_sentinel_password
+    return options
+
+
+def broker_url(settings: Settings) -> str:
+    """Celery's broker URL: REDIS_URL, or kombu's `sentinel://h:p;sentinel://h:p` form.
+
+    kombu takes the primary's password and database from the first sentinel URL and tries
+    the others in turn; the sentinels' own password goes in the transport options.
+    """
+    if not settings.uses_sentinel:
+        return settings.redis_url
+    auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
+    return ";".join(f"sentinel://{auth}{format_sentinels(((host, port),))}/{settings.redis_db}"
+                    for host, port in settings.redis_sentinels)
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.uses_sentinel:
+        options["master_name"] = settings.redis_sentinel_master
+        options["sentinel_kwargs"] = sentinel_connection_options(settings)
+    return options
 
 
 class RuntimeHolder:

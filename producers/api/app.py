@@ -32,7 +32,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-import redis
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
@@ -740,8 +739,8 @@ async def readyz(request: Request) -> JSONResponse:
 def _default_probes(settings: Settings, api: ApiSettings,
                     closers: list[Callable[[], None]]) -> dict[str, Probe]:
     timeout = api.ready_timeout
-    ping_client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout,
-                                       socket_connect_timeout=timeout)
+    ping_client = redis_client(settings, socket_timeout=timeout,
+                               socket_connect_timeout=timeout)
     closers.append(ping_client.close)
     livekit: list[LiveKitSIP] = []
 

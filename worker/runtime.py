@@ -6,15 +6,17 @@ httpx connection pool or a Redis connection must not be shared across a fork.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from worker.chaos import hooks_from_env
 from worker.config import Settings, format_sentinels
@@ -72,12 +74,13 @@ def redis_client(settings: Settings, *, socket_timeout: float = 10.0,
     """The one way every part of Trunkline opens Redis: REDIS_URL, or the Sentinel master.
 
     A Sentinel client asks the sentinels for the primary's address whenever it opens a
-    connection, and drops its idle connections when that address changed. A demoted primary
-    answers writes with READONLY, which redis-py turns into a ConnectionError for these
-    clients; that error, and the connections a failover closes, are retried by the client's
-    default Retry (10 attempts, backoff up to 1 s), each on a freshly resolved primary.
-    Registered Lua scripts reload themselves on the new primary (EVALSHA, then EVAL on
-    NOSCRIPT).
+    connection, and at most every PRIMARY_CHECK_INTERVAL seconds when it takes one from its
+    pool (FollowingSentinelPool); a changed address drops the idle connections, so the next
+    command opens one to the new primary. A demoted primary answers writes with READONLY,
+    which redis-py turns into a ConnectionError for these clients; that error, and the
+    connections a failover closes, are retried by the client's default Retry (10 attempts,
+    backoff up to 1 s), each on a freshly resolved primary. Registered Lua scripts reload
+    themselves on the new primary (EVALSHA, then EVAL on NOSCRIPT).
     """
     if not settings.uses_sentinel:
         return redis.Redis.from_url(
@@ -94,6 +97,7 @@ def redis_client(settings: Settings, *, socket_timeout: float = 10.0,
     client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
         settings.redis_sentinel_master,
         redis_class=redis.Redis,
+        connection_pool_class=FollowingSentinelPool,
         db=settings.redis_db,
         password=settings.redis_password or None,
         socket_timeout=socket_timeout,
@@ -101,6 +105,37 @@ def redis_client(settings: Settings, *, socket_timeout: float = 10.0,
         health_check_interval=30,
     )
     return client
+
+
+# After `SENTINEL FAILOVER` the sentinels name the new primary within about a second, but
+# they demote the old one only about ten seconds later: until then it still takes writes,
+# which its resync then discards. Connections opened earlier would keep writing there for
+# that whole time; asking the sentinels once a second bounds it to about a second.
+PRIMARY_CHECK_INTERVAL = 1.0
+
+
+class FollowingSentinelPool(SentinelConnectionPool):
+    """A Sentinel master pool that also re-asks for the primary when a connection is taken,
+    at most every PRIMARY_CHECK_INTERVAL seconds (one SENTINEL MASTERS round trip)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]  # redis.sentinel
+        self._checked_at = time.monotonic()
+        self._check_lock = threading.Lock()
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        now = time.monotonic()
+        if now - self._checked_at >= PRIMARY_CHECK_INTERVAL and self._check_lock.acquire(
+                blocking=False):
+            try:
+                self._checked_at = now
+                # Drops the idle connections when the address changed (redis-py's own
+                # method); a sentinel outage is left to the command's own error handling.
+                with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                    self.get_master_address()  # type: ignore[no-untyped-call]
+            finally:
+                self._check_lock.release()
+        return super().get_connection(*args, **kwargs)
 
 
 def sentinel_connection_options(settings: Settings, timeout: float = 5.0) -> dict[str, Any]:

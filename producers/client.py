@@ -22,7 +22,7 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-from worker.app import create_app, enqueue
+from worker.app import create_app
 from worker.config import Settings
 from worker.contract import (
     FieldError,
@@ -32,6 +32,7 @@ from worker.contract import (
     parse_change,
     parse_request,
 )
+from worker.messages import TaskMessages
 from worker.records import (
     Job,
     JobKind,
@@ -100,6 +101,7 @@ class ProvisioningClient:
         self.vault = vault
         self.app = app
         self.settings = settings
+        self.messages = TaskMessages(app, settings.queue)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProvisioningClient:
@@ -285,23 +287,18 @@ class ProvisioningClient:
                                              code="value_error")]) from None
 
     def _store_and_enqueue(self, job: Job, idempotency_key: str | None) -> str:
-        now = time.time()
-        job_id, created = self.store.create(
-            job, deadline=now + self.settings.submit_grace, idempotency_key=idempotency_key
+        # The record and its message are written together: from now on only a lost message
+        # or a dead worker can stall the job, which the sweeper sees at the deadline.
+        job_id, _created = self.store.create(
+            job, deadline=time.time() + self.settings.visibility_timeout,
+            idempotency_key=idempotency_key, message=self.messages.provision(job.job_id),
         )
-        if created:
-            enqueue(self.app, self.settings, job_id)
-            # Sent: from now on only a lost message or a dead worker can stall it.
-            self.store.set_deadline(job_id, now + self.settings.visibility_timeout)
         return job_id
 
     def replay(self, job_id: str) -> Job:
         """Re-run a dead-lettered job under the same id: attempts reset, objects adopted."""
-        now = time.time()
-        job = self.store.replay(job_id, deadline=now + self.settings.submit_grace)
-        enqueue(self.app, self.settings, job_id)
-        self.store.set_deadline(job_id, now + self.settings.visibility_timeout)
-        return job
+        return self.store.replay(job_id, deadline=time.time() + self.settings.visibility_timeout,
+                                 message=self.messages.provision(job_id))
 
     def get(self, job_id: str) -> Job:
         job = self.store.get(job_id)

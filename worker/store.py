@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
@@ -23,6 +23,9 @@ from redis import Redis
 from redis.exceptions import WatchError
 
 from worker.records import Job, JobState, PhoneNumberRecord
+
+if TYPE_CHECKING:  # the message module imports the tasks, which import the store
+    from worker.messages import QueuedMessage
 
 RESULTS_STREAM = "trunkline:results"
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -145,8 +148,9 @@ class Claim:
 
 
 _CREATE_JOB = """
--- KEYS: idempotency key ('' for none), job, active index, org index, number's in-flight set
--- ARGV: job id, job json, fingerprint, deadline, created score, idempotency ttl
+-- KEYS: idempotency key ('' for none), job, active index, org index, number's in-flight set,
+--       broker queue ('' for none)
+-- ARGV: job id, job json, fingerprint, deadline, created score, idempotency ttl, message
 if KEYS[1] ~= '' then
   local existing = redis.call('GET', KEYS[1])
   if existing then
@@ -164,6 +168,7 @@ end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+if KEYS[6] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[7]) end
 return {ARGV[1], ARGV[3], 1}
 """
 
@@ -310,11 +315,13 @@ class JobStore:
         *,
         deadline: float,
         idempotency_key: str | None = None,
+        message: QueuedMessage | None = None,
     ) -> tuple[str, bool]:
         """Store a new job, or return the job an idempotency key already points at.
 
-        Returns (job_id, created). Raises IdempotencyConflict when the key was used for a
-        request with another fingerprint.
+        With `message`, the job's broker message is pushed in the same atomic step, only
+        when the job is created. Returns (job_id, created). Raises IdempotencyConflict when
+        the key was used for a request with another fingerprint.
         """
         idem = self.keys.idempotency(job.org_id, idempotency_key) if idempotency_key else ""
         try:  # the store never writes what it cannot read back
@@ -327,9 +334,11 @@ class JobStore:
             list[Any],
             self._create_job(
                 keys=[idem, self.keys.job(job.job_id), self.keys.active,
-                      self.keys.jobs_by_org(job.org_id), self.keys.in_flight(job.number)],
+                      self.keys.jobs_by_org(job.org_id), self.keys.in_flight(job.number),
+                      message.queue_key if message else ""],
                 args=[job.job_id, payload, job.request_fingerprint, deadline,
-                      job.created_at.timestamp(), IDEMPOTENCY_TTL_SECONDS],
+                      job.created_at.timestamp(), IDEMPOTENCY_TTL_SECONDS,
+                      message.payload if message else ""],
             ),
         )
         job_id, fingerprint, created = _text(raw[0]), _text(raw[1]), int(raw[2])
@@ -527,8 +536,10 @@ class JobStore:
 
     # --- dead letters -----------------------------------------------------------------
 
-    def replay(self, job_id: str, deadline: float) -> Job:
-        """Turn a dead-lettered job into a new queued run (the caller then enqueues it).
+    def replay(self, job_id: str, deadline: float,
+               message: QueuedMessage | None = None) -> Job:
+        """Turn a dead-lettered job into a new queued run, pushing `message` with it (without
+        one, the caller enqueues it).
 
         Raises LookupError for an unknown job, ValueError for one that is not failed, and
         UnreadableRecord for one that does not load (replay cannot repair a record).
@@ -552,6 +563,8 @@ class JobStore:
                     pipe.zrem(self.keys.dead_letters, job_id)
                     pipe.zadd(self.keys.active, {job_id: deadline})
                     pipe.zadd(self.keys.in_flight(job.number), {job_id: deadline})
+                    if message is not None:
+                        pipe.lpush(message.queue_key, message.payload)
                     pipe.execute()
                     return fresh
                 except WatchError:

@@ -1,14 +1,15 @@
 """Shared wiring for the ops unit tests: fakeredis, the fake LiveKit, the CLI runner.
 
 No sockets: the job store is fakeredis, LiveKit is `tests.worker.fake_livekit`, and Celery
-messages are recorded instead of sent.
+messages land in fakeredis' copy of the queue (`World.sent` reads them back).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -28,12 +29,15 @@ class World(Harness):
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         super().__init__()
-        self.sent: list[str] = []
-        monkeypatch.setattr("producers.client.enqueue",
-                            lambda _app, _settings, job_id: self.sent.append(job_id))
         monkeypatch.setattr(ops.context, "make_context", self.context)
         self.runner_ = CliRunner()
         self._app = create_app(self.settings)
+
+    @property
+    def sent(self) -> list[str]:
+        """The job ids of the provision messages in the broker queue, oldest first."""
+        raw = cast(list[bytes], self.redis.lrange(self.settings.queue, 0, -1))
+        return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in raw[::-1]]
 
     def context(self) -> OpsContext:
         return OpsContext(self.settings, redis_conn=self.redis, livekit=self.livekit,

@@ -11,6 +11,7 @@ import pytest
 import redis.exceptions
 
 from tests.worker.fake_livekit import NUMBER, ORG, build_job, settings
+from worker.messages import QueuedMessage
 from worker.records import Job, JobState, PhoneNumberRecord, new_job_id
 from worker.store import (
     RESULTS_STREAM,
@@ -476,3 +477,38 @@ def test_finish_already_published_still_releases(store: JobStore, vault: Vault) 
 
     assert not published
     assert store.number_lock_holder(NUMBER) == (None, 0.0)
+
+
+def test_create_pushes_the_message_with_the_job_only_when_it_creates(
+    store: JobStore, vault: Vault
+) -> None:
+    first = build_job(vault, idempotency_key="signup-7")
+    repeat = build_job(vault, idempotency_key="signup-7")
+    message = QueuedMessage("trunkline.provision", '{"m": 1}')
+
+    assert store.create(first, deadline=5.0, idempotency_key="signup-7",
+                        message=message) == (first.job_id, True)
+    assert store.create(repeat, deadline=5.0, idempotency_key="signup-7",
+                        message=QueuedMessage("trunkline.provision", '{"m": 2}'))[1] is False
+
+    assert store.redis.lrange("trunkline.provision", 0, -1) == [b'{"m": 1}']
+    assert store.redis.zscore(store.keys.active, first.job_id) == 5.0
+
+
+def test_refused_create_pushes_no_message(store: JobStore, vault: Vault) -> None:
+    job = stored(store, vault)
+
+    with pytest.raises(redis.exceptions.ResponseError, match="job id already exists"):
+        store.create(job, deadline=5.0, message=QueuedMessage("q", "m"))
+
+    assert store.redis.exists("q") == 0
+
+
+def test_replay_pushes_its_message_with_the_new_run(store: JobStore, vault: Vault) -> None:
+    job = stored(store, vault)
+    store.redis.set(store.keys.job(job.job_id), terminal(job, JobState.FAILED).model_dump_json())
+
+    fresh = store.replay(job.job_id, deadline=9.0, message=QueuedMessage("q", "m"))
+
+    assert fresh.state is JobState.QUEUED
+    assert store.redis.lrange("q", 0, -1) == [b"m"]

@@ -216,3 +216,91 @@ def test_secret_keys_from_env_are_not_echoed_on_error() -> None:
             {"TRUNKLINE_SECRET_KEYS": "very-secret-key", "TRUNKLINE_MAX_ATTEMPTS": "x"}
         )
     assert "very-secret-key" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- Redis Sentinel
+
+SENTINEL_ENV = {
+    "TRUNKLINE_REDIS_SENTINELS": " sentinel-a:26379, 10.0.0.2:26380 ,[::1]:26381,",
+    "TRUNKLINE_REDIS_SENTINEL_MASTER": " trunkline ",
+}
+
+
+def test_sentinel_settings_are_parsed() -> None:
+    """Sentinels (IPv6 in brackets), master name, passwords and database land in settings."""
+    s = Settings.from_env({
+        **SENTINEL_ENV,
+        "TRUNKLINE_REDIS_SENTINEL_PASSWORD": "sentinel pw",
+        "TRUNKLINE_REDIS_PASSWORD": "primary-pw ",
+        "TRUNKLINE_REDIS_DB": "3",
+        "REDIS_URL": "redis://ignored:1/0",
+    })
+    assert s.uses_sentinel
+    assert s.redis_sentinels == (("sentinel-a", 26379), ("10.0.0.2", 26380), ("::1", 26381))
+    assert s.redis_sentinel_master == "trunkline"
+    assert s.redis_sentinel_password == "sentinel pw"
+    assert s.redis_password == "primary-pw "  # passwords are taken as given
+    assert s.redis_db == 3
+    assert "sentinel pw" not in repr(s) and "primary-pw" not in repr(s)
+
+
+def test_without_sentinels_redis_url_is_used() -> None:
+    """No TRUNKLINE_REDIS_SENTINELS (or only blanks): REDIS_URL, no Sentinel."""
+    s = Settings.from_env({"TRUNKLINE_REDIS_SENTINELS": " , ", "REDIS_URL": "redis://h:1/4"})
+    assert not s.uses_sentinel
+    assert s.redis_url == "redis://h:1/4"
+    assert (s.redis_sentinels, s.redis_sentinel_master, s.redis_db) == ((), "", 0)
+
+
+@pytest.mark.parametrize(
+    ("sentinels", "message"),
+    [
+        ("sentinel-a", "'sentinel-a' is not host:port"),
+        (":26379", "':26379' is not host:port"),
+        ("::1:26379", "write an IPv6 address as"),
+        ("h:0", "'h:0' needs a port from 1 to 65535"),
+        ("h:65536", "needs a port from 1 to 65535"),
+        ("h:port", "'h:port' needs a port"),
+        ("h:1,h:1", "'h:1' is listed twice"),
+        ("user@h:1", "'user@h:1' is not host:port"),
+        ("redis://h:1", "is not host:port"),
+    ],
+)
+def test_malformed_sentinels_name_the_variable(sentinels: str, message: str) -> None:
+    """Each malformed TRUNKLINE_REDIS_SENTINELS entry is refused, naming the variable."""
+    with pytest.raises(ConfigError, match=r"^TRUNKLINE_REDIS_SENTINELS: ") as info:
+        Settings.from_env({**SENTINEL_ENV, "TRUNKLINE_REDIS_SENTINELS": sentinels})
+    assert message in str(info.value)
+
+
+def test_sentinels_need_a_master_name() -> None:
+    """Sentinels without TRUNKLINE_REDIS_SENTINEL_MASTER (or a name with a space) are refused."""
+    with pytest.raises(ConfigError, match=r"^TRUNKLINE_REDIS_SENTINEL_MASTER must be set when "
+                                          "TRUNKLINE_REDIS_SENTINELS is"):
+        Settings.from_env({"TRUNKLINE_REDIS_SENTINELS": "h:26379"})
+    with pytest.raises(ConfigError, match=r"^TRUNKLINE_REDIS_SENTINEL_MASTER must not contain"):
+        Settings.from_env({**SENTINEL_ENV, "TRUNKLINE_REDIS_SENTINEL_MASTER": "my master"})
+
+
+@pytest.mark.parametrize("name", ["TRUNKLINE_REDIS_SENTINEL_MASTER",
+                                  "TRUNKLINE_REDIS_SENTINEL_PASSWORD", "TRUNKLINE_REDIS_DB",
+                                  "TRUNKLINE_REDIS_PASSWORD"])
+def test_sentinel_only_settings_without_sentinels_are_refused(name: str) -> None:
+    """A Sentinel-only setting without TRUNKLINE_REDIS_SENTINELS is an error, not ignored."""
+    with pytest.raises(ConfigError, match=f"^{name} is only used with TRUNKLINE_REDIS_SENTINELS"):
+        Settings.from_env({name: "x", "REDIS_URL": "redis://h:1/0"})
+
+
+def test_sentinel_database_is_validated() -> None:
+    """TRUNKLINE_REDIS_DB is a non-negative integer."""
+    for raw in ("-1", "two"):
+        with pytest.raises(ConfigError, match=r"^TRUNKLINE_REDIS_DB must be"):
+            Settings.from_env({**SENTINEL_ENV, "TRUNKLINE_REDIS_DB": raw})
+
+
+def test_sentinel_passwords_are_not_echoed_on_error() -> None:
+    """A bad Sentinel setting does not repeat the passwords."""
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**SENTINEL_ENV, "TRUNKLINE_REDIS_SENTINEL_PASSWORD": "pw-one",
+                           "TRUNKLINE_REDIS_PASSWORD": "pw-two", "TRUNKLINE_REDIS_DB": "x"})
+    assert "pw-one" not in str(info.value) and "pw-two" not in str(info.value)

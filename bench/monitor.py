@@ -23,9 +23,9 @@ class CommandWatch(threading.Thread):
     """Counts the commands run in one database, by name and by source (client or script),
     leaving out the benchmark's own reads and any command that names one of `ignore`."""
 
-    def __init__(self, url: str, db: int, ignore: tuple[str, ...] = ()) -> None:
+    def __init__(self, client: redis.Redis, db: int, ignore: tuple[str, ...] = ()) -> None:
         super().__init__(name="bench-monitor", daemon=True)
-        self.redis = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+        self.redis = client  # its own: MONITOR takes the connection over
         self.db = db
         self.ignore = ignore
         self.client: Counter[str] = Counter()

@@ -29,8 +29,8 @@ class Event:
 class ResultsReader:
     """Reads the results stream from the entry after the newest one at construction."""
 
-    def __init__(self, url: str, stream: str) -> None:
-        self.redis = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+    def __init__(self, client: redis.Redis, stream: str) -> None:
+        self.redis = client  # its own: XREAD BLOCK holds a connection
         self.stream = stream
         newest = cast(list[Any], self.redis.xrevrange(stream, count=1))
         self.last_id: bytes | str = newest[0][0] if newest else "0-0"

@@ -91,6 +91,11 @@ STALL_SECONDS = 120.0
 MB = 1024.0  # VmRSS is in KiB
 
 
+# Passed on to the benchmark's workers (which get no other TRUNKLINE_* from the environment).
+SENTINEL_SETTINGS = ("TRUNKLINE_REDIS_SENTINELS", "TRUNKLINE_REDIS_SENTINEL_MASTER",
+                     "TRUNKLINE_REDIS_SENTINEL_PASSWORD", "TRUNKLINE_REDIS_PASSWORD")
+
+
 def _just(pid: int) -> Callable[[], list[int]]:
     return lambda: [pid]
 
@@ -137,12 +142,16 @@ class Bench:
     def setup(self) -> None:
         self.endpoints: Endpoints = resolve()
         self.redis_url = self.endpoints.redis_url_for(self.options.redis_db)
-        self.redis = redis.Redis.from_url(self.redis_url)
-        self._claim_database()
         secret_key = Vault.generate_key()
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("TRUNKLINE_", "LIVEKIT_", "CELERY_", "PROMETHEUS_"))
                and k != "REDIS_URL"}
+        # With TRUNKLINE_REDIS_SENTINELS the benchmark's database is on the Sentinel primary
+        # (REDIS_URL is then ignored by every process); LiveKit keeps its own Redis.
+        sentinel = {name: os.environ[name] for name in SENTINEL_SETTINGS
+                    if os.environ.get(name, "").strip()}
+        if sentinel.get("TRUNKLINE_REDIS_SENTINELS"):
+            env.update(sentinel, TRUNKLINE_REDIS_DB=str(self.options.redis_db))
         env.update(
             REDIS_URL=self.redis_url,
             LIVEKIT_URL=self.endpoints.livekit_url,
@@ -155,6 +164,11 @@ class Bench:
         env.update(dict(self.options.worker_env))
         self.worker_env = env
         self.settings = Settings.from_env(env)
+        if self.settings.uses_sentinel:
+            self.redis_url = (f"sentinel master {self.settings.redis_sentinel_master} "
+                              f"db {self.settings.redis_db}")
+        self.redis = self._redis()
+        self._claim_database()
         self.vault = Vault(self.settings.secret_keys)
         self.livekit = LiveKitSIP(self.endpoints.livekit_url, self.endpoints.api_key,
                                   self.endpoints.api_secret)
@@ -192,6 +206,10 @@ class Bench:
         while not self._stopping.wait(LIVE_SECONDS / 4):
             with contextlib.suppress(redis.RedisError):
                 self.redis.set(LIVE_KEY, self.run_id, ex=LIVE_SECONDS)
+
+    def _redis(self) -> redis.Redis:
+        """A client of the benchmark's database, through Sentinel when it is configured."""
+        return redis_client(self.settings, socket_timeout=30)
 
     def _client(self) -> ProvisioningClient:
         return ProvisioningClient(
@@ -245,7 +263,7 @@ class Bench:
             self._close_client()
             self.client = self._client()
             # Warm-up: every pool process builds its runtime (connections, clients) once.
-            with Collector(ResultsReader(self.redis_url,
+            with Collector(ResultsReader(self._redis(),
                                          stream or self.client.store.keys.results)) as c:
                 self.run_jobs(group, c, max(10, 2 * group.slots), window=group.slots * 2,
                               phase=f"{label} warm-up", delete_as_you_go=send is None,
@@ -389,7 +407,7 @@ class Bench:
 
     def _overhead_samples(self, group: WorkerGroup, count: int,
                           description: str) -> list[dict[str, float]]:
-        reader = ResultsReader(self.redis_url, self.client.store.keys.results)
+        reader = ResultsReader(self._redis(), self.client.store.keys.results)
         task = self._task(description, count)
         e2e: dict[str, float] = {}
         try:
@@ -494,12 +512,12 @@ class Bench:
         count = self.options.monitor_jobs
         if not count:
             return None
-        watch = CommandWatch(self.redis_url, self.options.redis_db, ignore=(LIVE_KEY,))
+        watch = CommandWatch(self._redis(), self.options.redis_db, ignore=(LIVE_KEY,))
         try:
             watch.begin()
         except redis.RedisError as exc:
             return {"error": f"MONITOR refused: {exc}"}
-        reader = ResultsReader(self.redis_url, self.client.store.keys.results)
+        reader = ResultsReader(self._redis(), self.client.store.keys.results)
         task = self._task(f"jobs under MONITOR x{count}", count)
         try:
             for _ in range(count):
@@ -540,7 +558,23 @@ class Bench:
         if self.endpoints.local_stack:
             for name, pid in stack_pids().items():
                 parties[name] = _just(pid)
+        primary = self._local_sentinel_primary_pid()
+        if primary is not None and "redis" in parties:
+            # The stack's redis serves LiveKit, the Sentinel primary Trunkline: count both.
+            stack_redis = parties["redis"]()
+            parties["redis"] = lambda: [*stack_redis, primary]
         return parties
+
+    def _local_sentinel_primary_pid(self) -> int | None:
+        """The Sentinel primary's pid when it runs on this machine (its CPU is then ours)."""
+        if not self.settings.uses_sentinel:
+            return None
+        pool: Any = self.redis.connection_pool
+        host = pool.get_master_address()[0]
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            return None
+        pid = int(self.redis.info("server")["process_id"])
+        return pid if Path(f"/proc/{pid}").exists() else None
 
     def _direct_batch(self, count: int, label: str) -> tuple[float, list[Created]]:
         """`count` setups the saga's way on --concurrency threads; (seconds, objects)."""
@@ -565,7 +599,7 @@ class Bench:
         leaders = [proc.pid for proc in group.procs]
         with sampling(self.options.py_spy, leaders, self.log_dir / "py-spy",
                       f"pipeline-{label.replace('/', '-of-').replace(' ', '')}") as paths, \
-                Collector(ResultsReader(self.redis_url, self.client.store.keys.results)) as c:
+                Collector(ResultsReader(self._redis(), self.client.store.keys.results)) as c:
             t0, t_end, events = self.run_jobs(
                 group, c, count, window=count,
                 phase=f"pipeline x{count} ({group.slots} slots) {label}")
@@ -577,7 +611,7 @@ class Bench:
         count = self.options.single_jobs
         samples: dict[str, list[float]] = {"sequential": [], "concurrent": [], "pipeline": []}
         kinds = list(samples)
-        reader = ResultsReader(self.redis_url, self.client.store.keys.results)
+        reader = ResultsReader(self._redis(), self.client.store.keys.results)
         task = self._task(f"one at a time x{count} (x3 kinds)", count)
         load_before = machine.loadavg()
         try:
@@ -647,7 +681,7 @@ class Bench:
     def _noop_batch(self, group: WorkerGroup, count: int,
                     label: str) -> tuple[float, list[Created]]:
         """`count` no-op tasks sent at once, like a pipeline batch; (seconds, no objects)."""
-        with Collector(ResultsReader(self.redis_url, NOOP_STREAM)) as c:
+        with Collector(ResultsReader(self._redis(), NOOP_STREAM)) as c:
             t0, t_end, _ = self.run_jobs(group, c, count, window=count,
                                          phase=f"noop x{count} ({group.slots} slots) {label}",
                                          send=self._send_noop)
@@ -655,7 +689,7 @@ class Bench:
 
     def _noop_single(self, group: WorkerGroup) -> list[float]:
         count = self.options.single_jobs
-        reader = ResultsReader(self.redis_url, NOOP_STREAM)
+        reader = ResultsReader(self._redis(), NOOP_STREAM)
         task = self._task(f"noop one at a time x{count}", count)
         samples: list[float] = []
         try:
@@ -789,7 +823,7 @@ class Bench:
     def phase_rss(self) -> None:
         count, warmup = self.options.rss_jobs, self.options.effective_rss_warmup
         with self.workers("worker", "rss") as group, \
-                Collector(ResultsReader(self.redis_url, self.client.store.keys.results)) as c:
+                Collector(ResultsReader(self._redis(), self.client.store.keys.results)) as c:
             window = max(4 * group.slots, 50)
             self.run_jobs(group, c, warmup, window=window, phase=f"rss warm-up x{warmup}",
                           delete_as_you_go=True)

@@ -7,8 +7,11 @@ so anything that still used it instead of Sentinel would fail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +45,7 @@ SENTINEL_DEFAULTS = {
     "TRUNKLINE_SENTINEL_PORTS": "26430,26431,26432",
 }
 CREATE = "/api/sio/createSipTrunkDispatch"
+RECONCILE_LINE = re.compile(r'"event": "reconcile: ')
 DB = 2
 # Bounds, not expectations: a clean failover on loopback takes about a second.
 FAILOVER_BOUND = 30.0
@@ -125,8 +129,8 @@ def test_every_process_follows_a_sentinel_failover_without_a_restart(
     stack: Stack, group: SentinelGroup, clean: None, worker_factory: WorkerFactory,
     livekit: LiveKitSIP, tmp_path: Path,
 ) -> None:
-    """A worker, the API, a producer client and `trunkline` commands all configured through
-    Sentinel provision jobs before and after `SENTINEL FAILOVER`, without a restart; the jobs
+    """A worker, the API, a producer client, beat and `trunkline` commands all configured
+    through Sentinel keep working across `SENTINEL FAILOVER`, without a restart; the jobs
     after it are written on the promoted replica."""
     old_primary, replica = group.data_ports
     assert group.role(old_primary) == "master" and group.role(replica) == "slave"
@@ -143,7 +147,19 @@ def test_every_process_follows_a_sentinel_failover_without_a_restart(
     worker_pid = worker.proc.pid if worker.proc else 0
     api: ApiServer = start_api(stack, tmp_path / "api.log", **group.env)
     client = ProvisioningClient.from_env(env)
+    # Beat sends the reconcile report every second; the worker logs each one it runs.
+    with (tmp_path / "beat.log").open("ab") as beat_log:
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel=INFO",
+             f"--schedule={tmp_path / 'beat-schedule'}"],
+            cwd=REPO, env={**env, "TRUNKLINE_RECONCILE_INTERVAL": "1"}, stdout=beat_log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def reconciles() -> int:
+        return len(RECONCILE_LINE.findall(worker.read_log()))
+
     try:
+        wait_for(lambda: reconciles() > 0, 30, "beat's first reconcile report is run")
         with httpx.Client(base_url=api.url, timeout=JOB_BOUND) as http:
             before = [
                 client.submit(org_id="org_sentinel", request=request_for("+15557000001")),
@@ -167,6 +183,7 @@ def test_every_process_follows_a_sentinel_failover_without_a_restart(
                      "the old primary is demoted to a replica", interval=0.02)
             demoted = time.monotonic()
             assert group.role(replica) == "master"
+            reports_at_demotion = reconciles()
 
             # The same processes, after the failover: none was restarted.
             after_client = client.submit(org_id="org_sentinel",
@@ -177,11 +194,19 @@ def test_every_process_follows_a_sentinel_failover_without_a_restart(
             http_seconds = time.monotonic() - demoted
             assert client_done.state is JobState.SUCCEEDED, client_done
             assert client.get(after_http).state is JobState.SUCCEEDED
+        # Beat published these after the demotion: its broker connection followed too.
+        wait_for(lambda: reconciles() >= reports_at_demotion + 2, 30,
+                 "beat's reconcile reports reach the worker after the failover")
+        beat_alive = beat.poll() is None
     finally:
         api_alive = api.proc.poll() is None
         api.stop()
         client.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(beat.pid, signal.SIGTERM)
+        beat.wait(15)
     assert api_alive, api.log()[-3000:]
+    assert beat_alive, (tmp_path / "beat.log").read_text()[-3000:]
     assert worker.alive and worker.starts == 1 and worker.proc and worker.proc.pid == worker_pid
 
     # Written on the promoted replica, which Sentinel now names as primary; the demoted

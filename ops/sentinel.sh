@@ -28,11 +28,12 @@ processes (Debian package redis-sentinel) monitoring them under the name '$MASTE
 
 Commands:
   install          Install redis-server and redis-sentinel via apt-get if missing.
-  up               install (if needed); if the whole group is up and the sentinels agree on a
-                   primary, leave it alone. Otherwise stop what is left of it and start a
-                   FRESH group (data and sentinel files wiped): the first data port is the
-                   primary. Waits (${UP_WAIT}s) until the replica is in sync and every sentinel
-                   sees the replica and the two other sentinels.
+  up               install (if needed); if the whole group runs and becomes healthy within
+                   ${UP_WAIT}s (the sentinels agree on a primary, whichever it is after a
+                   failover; the replica is in sync; every sentinel sees the replica and the two
+                   other sentinels), leave it alone. Otherwise stop what is left of it and start
+                   a FRESH group (data and sentinel files wiped), the first data port as primary,
+                   and wait (${UP_WAIT}s) until it is healthy.
   down             Stop the sentinels, then the redis servers. Idempotent.
   status           One line per process: port, up/down, pid, role (ROLE) or the primary the
                    sentinel names. Exit status 1 if any process is down.
@@ -95,12 +96,26 @@ cli() { # port args... (bounded: a hung server must not hang the script)
 
 pidfile_of() { printf '%s/%s.pid\n' "$RUN_DIR" "$1"; }
 
-pid_of() { # port -> pid of our process on it (pid file checked against /proc), or nothing
+pid_of() { # port -> pid of our process on it, or nothing
     local pid
     pid=$(read_pid "$(pidfile_of "$1")")
     if [[ -n $pid ]] && pid_alive "$pid" && [[ $(cmdline_of "$pid") == *"127.0.0.1:$1"* ]]; then
         printf '%s\n' "$pid"
+        return 0
     fi
+    # No pid file (a run interrupted between start and pid file): still ours if its files are
+    # in our folder. A stray sentinel of an earlier group would otherwise live on and teach a
+    # fresh group its old primary.
+    local server dir
+    server=$(cli "$1" info server | tr -d '\r') || true
+    pid=$(sed -n 's/^process_id://p' <<<"$server")
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    if [[ $(sed -n 's/^config_file://p' <<<"$server") != "$GROUP_DIR"/sentinel-"$1".conf ]]; then
+        dir=$(cli "$1" config get dir | sed -n 2p) || true
+        [[ $dir == "$GROUP_DIR/redis-$1" ]] || return 0
+    fi
+    printf '%s\n' "$pid" >"$(pidfile_of "$1")"
+    printf '%s\n' "$pid"
 }
 
 answers() { [[ $(cli "$1" ping) == PONG ]]; }
@@ -128,6 +143,7 @@ start_redis() { # port [primary port to replicate]
     tcp_port_free "$port"
     redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes --dir "$dir" \
         --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+        --repl-diskless-sync-delay 0 \
         --daemonize yes --pidfile "$(pidfile_of "$port")" --logfile "$LOG_DIR/redis-$port.log" \
         "${replica[@]}" 9>&- || die "redis-server on $port failed to start (log $LOG_DIR/redis-$port.log)"
 }
@@ -178,7 +194,7 @@ cmd_down() {
 # ---------------------------------------------------------------- health
 
 sentinel_field() { # sentinel port field -> value from SENTINEL MASTER <name>
-    cli "$1" sentinel master "$MASTER_NAME" | awk -v f="$2" 'NR % 2 == 1 && $0 == f { getline; print; exit }'
+    cli "$1" sentinel master "$MASTER_NAME" | awk -v f="$2" 'NR % 2 == 1 && $0 == f { getline; print }'
 }
 
 sentinel_primary() { # sentinel port -> "ip port" of the primary it names
@@ -212,7 +228,10 @@ group_healthy() { # sets GROUP_DETAIL
     done
     local replica_port=$PRIMARY_PORT
     [[ $primary == "127.0.0.1 $PRIMARY_PORT" ]] && replica_port=$REPLICA_PORT
-    if ! cli "$replica_port" info replication | tr -d '\r' | grep -qx 'master_link_status:up'; then
+    # Read the whole reply first: grep -q stopping early would fail the pipe (pipefail).
+    local replication
+    replication=$(cli "$replica_port" info replication | tr -d '\r')
+    if [[ $'\n'$replication$'\n' != *$'\nmaster_link_status:up\n'* ]]; then
         GROUP_DETAIL="the replica on $replica_port is not in sync with the primary yet"
         return 1
     fi
@@ -220,11 +239,36 @@ group_healthy() { # sets GROUP_DETAIL
     return 0
 }
 
+all_running() {
+    local port
+    for port in "$PRIMARY_PORT" "$REPLICA_PORT" "${SENTINELS[@]}"; do
+        [[ -n $(pid_of "$port") ]] || return 1
+    done
+}
+
+wait_healthy() { # up to UP_WAIT seconds; sets GROUP_DETAIL
+    local i
+    for ((i = 0; i < UP_WAIT * 5; i++)); do
+        group_healthy && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
 cmd_up() {
     cmd_install
     if group_healthy; then
         info "sentinel group already up ($GROUP_DETAIL)"
         return 0
+    fi
+    if all_running; then
+        # Right after a failover the demoted primary resyncs for a moment: wait for that
+        # rather than throwing the group away.
+        info "sentinel group running but not healthy yet ($GROUP_DETAIL); waiting up to ${UP_WAIT}s"
+        if wait_healthy; then
+            info "sentinel group already up ($GROUP_DETAIL)"
+            return 0
+        fi
     fi
     info "starting a fresh sentinel group (was: $GROUP_DETAIL)"
     cmd_down
@@ -237,13 +281,10 @@ cmd_up() {
         sleep 0.2
     done
     for port in "${SENTINELS[@]}"; do start_sentinel "$port"; done
-    for ((i = 0; i < UP_WAIT * 5; i++)); do
-        if group_healthy; then
-            info "sentinel group up: $GROUP_DETAIL, replica, sentinels ${SENTINELS[*]} (master name $MASTER_NAME)"
-            return 0
-        fi
-        sleep 0.2
-    done
+    if wait_healthy; then
+        info "sentinel group up: $GROUP_DETAIL, replica, sentinels ${SENTINELS[*]} (master name $MASTER_NAME)"
+        return 0
+    fi
     for port in "${SENTINELS[@]}"; do show_log_tail "$LOG_DIR/sentinel-$port.log" 10; done
     die "the sentinel group did not become healthy within ${UP_WAIT}s: $GROUP_DETAIL"
 }
@@ -260,7 +301,7 @@ cmd_status() {
             if [[ " ${SENTINELS[*]} " == *" $port "* ]]; then
                 detail="sentinel; primary $(sentinel_primary "$port" | tr ' ' ':')"
             else
-                detail="redis; role $(cli "$port" role | head -n 1)"
+                detail="redis; role $(cli "$port" role | sed -n 1p)"
             fi
         else
             ok=0

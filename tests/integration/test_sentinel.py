@@ -36,6 +36,7 @@ from tests.integration.conftest import (
 )
 from worker.livekit import LiveKitSIP
 from worker.records import JobState
+from worker.store import Keys
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +119,7 @@ def trunkline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 
 def job_key(job_id: str) -> str:
-    return f"trunkline:job:{job_id}"
+    return Keys().job(job_id)
 
 
 def request_for(number: str) -> dict[str, str]:

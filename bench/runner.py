@@ -213,7 +213,7 @@ class Bench:
 
     def _client(self) -> ProvisioningClient:
         return ProvisioningClient(
-            JobStore(redis_client(self.settings), results_maxlen=self.settings.results_maxlen),
+            JobStore.for_settings(redis_client(self.settings), self.settings),
             self.vault, create_app(self.settings), self.settings)
 
     def _close_client(self) -> None:

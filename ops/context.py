@@ -73,7 +73,7 @@ class OpsContext:
 
     @cached_property
     def store(self) -> JobStore:
-        return JobStore(self.redis, results_maxlen=self.settings.results_maxlen)
+        return JobStore.for_settings(self.redis, self.settings)
 
     @property
     def livekit(self) -> LiveKitSIP:

@@ -108,7 +108,7 @@ class ProvisioningClient:
         settings = Settings.from_env(env)
         settings.require_secret_keys()
         return cls(
-            JobStore(redis_client(settings), results_maxlen=settings.results_maxlen),
+            JobStore.for_settings(redis_client(settings), settings),
             Vault(settings.secret_keys),
             create_app(settings),
             settings,

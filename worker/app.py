@@ -85,7 +85,7 @@ def _sweeper_step(app: Celery, settings: Settings) -> type[bootsteps.StartStopSt
             settings.require_secret_keys()
             settings.require_livekit()
 
-            store = JobStore(redis_client(settings))
+            store = JobStore.for_settings(redis_client(settings), settings)
 
             def make() -> Sweeper:
                 return Sweeper(store, lambda job_id: enqueue(app, settings, job_id), settings)

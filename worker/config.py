@@ -103,6 +103,9 @@ class Settings:
     redis_sentinel_password: str = field(default="", repr=False)
     redis_db: int = 0
     redis_password: str = field(default="", repr=False)
+    # Replicas that must confirm an acknowledged write (Redis WAIT; 0: do not wait).
+    redis_min_replicas: int = 0
+    redis_replica_timeout_ms: int = 1000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -128,6 +131,10 @@ class Settings:
             metrics_port=env_int(env, "TRUNKLINE_METRICS_PORT", 0, minimum=0,
                                  maximum=65535) or None,
             reconcile_interval=env_int(env, "TRUNKLINE_RECONCILE_INTERVAL", 3600, minimum=0),
+            redis_min_replicas=env_int(env, "TRUNKLINE_REDIS_MIN_REPLICAS", 0, minimum=0,
+                                       maximum=16),
+            redis_replica_timeout_ms=env_int(env, "TRUNKLINE_REDIS_REPLICA_TIMEOUT_MS", 1000,
+                                             minimum=1, maximum=60_000),
             **_sentinel_settings(env),
         )
 

@@ -49,7 +49,7 @@ class Runtime:
         settings.require_secret_keys()
         settings.require_livekit()
         client = redis_client(settings)
-        store = JobStore(client, results_maxlen=settings.results_maxlen)
+        store = JobStore.for_settings(client, settings)
         vault = Vault(settings.secret_keys)
         livekit = LiveKitSIP(settings.livekit_url, settings.livekit_api_key,
                              settings.livekit_api_secret, timeout=settings.livekit_timeout)

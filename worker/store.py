@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -20,12 +21,17 @@ from typing import TYPE_CHECKING, Any, cast
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 from redis import Redis
+from redis.client import Pipeline
+from redis.commands.core import Script
 from redis.exceptions import WatchError
 
+from worker.config import Settings
 from worker.records import Job, JobState, PhoneNumberRecord
 
 if TYPE_CHECKING:  # the message module imports the tasks, which import the store
     from worker.messages import QueuedMessage
+
+log = logging.getLogger(__name__)
 
 RESULTS_STREAM = "trunkline:results"
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
@@ -63,6 +69,18 @@ class UnreadableRecord(StoreError):
 
 class UnstorableRecord(StoreError, ValueError):
     """A record that would not load back once written; nothing was stored."""
+
+
+class NotReplicated(StoreError):
+    """A write reached the primary but not the replicas it must reach before it is
+    acknowledged: a failover now could lose it. The write itself stands."""
+
+    def __init__(self, what: str, acked: int, wanted: int, timeout_ms: int) -> None:
+        self.acked, self.wanted = acked, wanted
+        super().__init__(
+            f"{what} is stored on the Redis primary, but {acked} of the {wanted} replica(s) "
+            f"TRUNKLINE_REDIS_MIN_REPLICAS asks for confirmed it within {timeout_ms} ms; "
+            "check the replicas' link to the primary (INFO replication)")
 
 
 class NumberTaken(StoreError):
@@ -293,10 +311,16 @@ return 0
 
 
 class JobStore:
-    def __init__(self, redis: Redis, *, keys: Keys | None = None, results_maxlen: int = 100_000):
+    def __init__(self, redis: Redis, *, keys: Keys | None = None, results_maxlen: int = 100_000,
+                 min_replicas: int = 0, replica_timeout_ms: int = 1000) -> None:
         self.redis = redis
         self.keys = keys or Keys()
         self.results_maxlen = results_maxlen
+        # Writes acknowledged to someone else (a created job, a replay, a job's end) wait for
+        # this many replicas (Redis WAIT): replication is asynchronous, and a failover loses
+        # what the old primary had not yet sent.
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
         self._create_job = redis.register_script(_CREATE_JOB)
         self._save = redis.register_script(_SAVE_FENCED)
         self._put_number = redis.register_script(_PUT_NUMBER)
@@ -306,6 +330,12 @@ class JobStore:
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE_LOCK)
         self._quarantine = redis.register_script(_QUARANTINE)
+
+    @classmethod
+    def for_settings(cls, redis: Redis, settings: Settings) -> JobStore:
+        return cls(redis, results_maxlen=settings.results_maxlen,
+                   min_replicas=settings.redis_min_replicas,
+                   replica_timeout_ms=settings.redis_replica_timeout_ms)
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -330,21 +360,47 @@ class JobStore:
         except (ValueError, PydanticSerializationError) as exc:
             raise UnstorableRecord(f"job {job.job_id} would not load back once stored "
                                    f"({_reason(exc)}); nothing was stored") from None
-        raw = cast(
-            list[Any],
-            self._create_job(
-                keys=[idem, self.keys.job(job.job_id), self.keys.active,
-                      self.keys.jobs_by_org(job.org_id), self.keys.in_flight(job.number),
-                      message.queue_key if message else ""],
-                args=[job.job_id, payload, job.request_fingerprint, deadline,
-                      job.created_at.timestamp(), IDEMPOTENCY_TTL_SECONDS,
-                      message.payload if message else ""],
-            ),
-        )
+        raw = cast(list[Any], self._durably(
+            f"job {job.job_id}", self._create_job,
+            keys=[idem, self.keys.job(job.job_id), self.keys.active,
+                  self.keys.jobs_by_org(job.org_id), self.keys.in_flight(job.number),
+                  message.queue_key if message else ""],
+            args=[job.job_id, payload, job.request_fingerprint, deadline,
+                  job.created_at.timestamp(), IDEMPOTENCY_TTL_SECONDS,
+                  message.payload if message else ""],
+        ))
         job_id, fingerprint, created = _text(raw[0]), _text(raw[1]), int(raw[2])
         if not created and fingerprint != job.request_fingerprint:
             raise IdempotencyConflict(job_id)
         return job_id, bool(created)
+
+    def _durably(self, what: str, script: Script, *, keys: list[str], args: list[Any],
+                 strict: bool = True) -> Any:
+        """Run a script whose effect is acknowledged to someone; with min_replicas, WAIT for
+        the replicas on the same connection (one pipeline). Too few confirmations raise
+        NotReplicated, or with strict=False (a write that cannot be taken back) are logged."""
+        if not self.min_replicas:
+            return script(keys=keys, args=args)
+        pipe = self.redis.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        pipe.wait(self.min_replicas, self.replica_timeout_ms)
+        result, acked = pipe.execute()
+        if int(acked) < self.min_replicas:
+            short = NotReplicated(what, int(acked), self.min_replicas, self.replica_timeout_ms)
+            if strict:
+                raise short
+            log.warning("%s", short)
+        return result
+
+    def wait_for_replicas(self, pipe: Pipeline, what: str) -> None:
+        """Add WAIT to a pipeline about to run (its last reply), for acknowledged writes."""
+        if self.min_replicas:
+            pipe.wait(self.min_replicas, self.replica_timeout_ms)
+
+    def check_replicated(self, replies: list[Any], what: str) -> None:
+        if self.min_replicas and int(replies[-1]) < self.min_replicas:
+            raise NotReplicated(what, int(replies[-1]), self.min_replicas,
+                                self.replica_timeout_ms)
 
     def find_idempotent(self, org_id: str, idempotency_key: str) -> tuple[str, str] | None:
         """(job id, request fingerprint) an organisation's idempotency key names, if any."""
@@ -423,7 +479,10 @@ class JobStore:
         with_record = record is not None
         raw = cast(
             list[Any],
-            self._finish(
+            self._durably(
+                # The end is written and its event out: a failover that loses it before the
+                # replicas have it makes the sweeper run the job again (README, Sentinel).
+                f"the end of job {job.job_id}", self._finish, strict=False,
                 keys=[self.keys.number_lock(job.number), self.keys.job(job.job_id),
                       self.keys.active, self.keys.published(job.job_id, job.run),
                       self.keys.results, self.keys.dead_letters,
@@ -565,7 +624,9 @@ class JobStore:
                     pipe.zadd(self.keys.in_flight(job.number), {job_id: deadline})
                     if message is not None:
                         pipe.lpush(message.queue_key, message.payload)
-                    pipe.execute()
+                    self.wait_for_replicas(pipe, f"the replay of job {job_id}")
+                    replies = pipe.execute()
+                    self.check_replicated(replies, f"the replay of job {job_id}")
                     return fresh
                 except WatchError:
                     continue

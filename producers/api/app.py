@@ -791,7 +791,7 @@ def create_api(
     if client is None:
         settings.require_secret_keys()
         client = ProvisioningClient(
-            JobStore(redis_client(settings), results_maxlen=settings.results_maxlen),
+            JobStore.for_settings(redis_client(settings), settings),
             Vault(settings.secret_keys), create_app(settings), settings)
         closers.append(client.close)
     state = ApiState(

@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.contract import FieldError
-from worker.store import UnreadableRecord, UnstorableRecord
+from worker.store import NotReplicated, UnreadableRecord, UnstorableRecord
 
 log = logging.getLogger("trunkline.api")
 
@@ -163,6 +163,14 @@ def _unstorable(request: Request, exc: Exception) -> JSONResponse:
         "exactly; nothing was stored", field="body"))
 
 
+def _not_replicated(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("unreplicated write on %s: %s", request.url.path, exc)
+    return error_response(ApiError(
+        503, "not_replicated", f"{exc}. It was not acknowledged: retry with the same "
+        "Idempotency-Key, which finds the job instead of making another", retryable=True,
+        headers={"Retry-After": "1"}))
+
+
 def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("redis unreachable on %s: %s", request.url.path, type(exc).__name__)
     return error_response(redis_unavailable())
@@ -174,6 +182,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(UnreadableRecord, _unreadable)
     app.add_exception_handler(UnstorableRecord, _unstorable)
+    app.add_exception_handler(NotReplicated, _not_replicated)
     for kind in REDIS_DOWN:
         app.add_exception_handler(kind, _redis_down)
     app.add_middleware(CatchAll)

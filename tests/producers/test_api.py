@@ -26,6 +26,7 @@ from tests.producers.conftest import (
 )
 from worker.contract import Transport
 from worker.records import JobState, PhoneNumberRecord
+from worker.store import NotReplicated
 
 # --------------------------------------------------------------------------- success paths
 
@@ -638,3 +639,33 @@ def test_job_state_values_are_strings(harness: Harness) -> None:
     data = harness.request("GET", f"/api/jobs/{job_id}").body["data"]
     assert data["state"] in {s.value for s in JobState}
     assert isinstance(data["created_at"], str)
+
+
+def test_unreplicated_create_is_503_and_a_retry_finds_the_job(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create the replicas did not confirm is not acknowledged: 503 not_replicated,
+    retryable; the job stands, and the retry with the same key answers with it."""
+    store = harness.client.store
+    original = store.create
+
+    def unconfirmed(*args: Any, **kwargs: Any) -> Any:
+        original(*args, **kwargs)
+        raise NotReplicated("job x", 0, 1, 1000)
+
+    monkeypatch.setattr(store, "create", unconfirmed)
+    first = harness.create(headers={"Idempotency-Key": "k-repl"})
+    monkeypatch.setattr(store, "create", original)
+    retry = harness.create(headers={"Idempotency-Key": "k-repl"})
+
+    assert first.status == 503
+    assert first.body["error"]["code"] == "not_replicated"
+    assert first.body["error"]["retryable"] is True
+    assert "0 of the 1 replica(s)" in first.body["error"]["message"]
+    assert first.headers["Retry-After"] == "1"
+    # The job was stored (and its message queued) before the refusal: the retry names it.
+    # This harness finishes jobs only on a create that returns, so it is still queued.
+    assert retry.status == 202
+    assert retry.headers.get("Idempotent-Replayed") == "true"
+    assert [k for k in harness.redis.keys("trunkline:job:*")] == [
+        f"trunkline:job:{retry.body['data']['job_id']}".encode()]

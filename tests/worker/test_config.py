@@ -132,6 +132,11 @@ def test_strict_numbers_boolean_spellings(raw: str, expected: bool) -> None:
         ("TRUNKLINE_LIVEKIT_TIMEOUT", "0.01"),
         ("TRUNKLINE_LIVEKIT_TIMEOUT", "infinity"),
         ("TRUNKLINE_STRICT_NUMBERS", "maybe"),
+        ("TRUNKLINE_REDIS_MIN_REPLICAS", "-1"),
+        ("TRUNKLINE_REDIS_MIN_REPLICAS", "17"),
+        ("TRUNKLINE_REDIS_MIN_REPLICAS", "one"),
+        ("TRUNKLINE_REDIS_REPLICA_TIMEOUT_MS", "0"),
+        ("TRUNKLINE_REDIS_REPLICA_TIMEOUT_MS", "60001"),
     ],
 )
 def test_malformed_value_raises_config_error_naming_the_variable(name: str, raw: str) -> None:
@@ -304,3 +309,12 @@ def test_sentinel_passwords_are_not_echoed_on_error() -> None:
         Settings.from_env({**SENTINEL_ENV, "TRUNKLINE_REDIS_SENTINEL_PASSWORD": "pw-one",
                            "TRUNKLINE_REDIS_PASSWORD": "pw-two", "TRUNKLINE_REDIS_DB": "x"})
     assert "pw-one" not in str(info.value) and "pw-two" not in str(info.value)
+
+
+def test_replica_confirmation_settings() -> None:
+    """Off by default; read as given."""
+    assert (Settings.from_env({}).redis_min_replicas,
+            Settings.from_env({}).redis_replica_timeout_ms) == (0, 1000)
+    given = Settings.from_env({"TRUNKLINE_REDIS_MIN_REPLICAS": "2",
+                               "TRUNKLINE_REDIS_REPLICA_TIMEOUT_MS": "250"})
+    assert (given.redis_min_replicas, given.redis_replica_timeout_ms) == (2, 250)

@@ -182,11 +182,6 @@ class Settings:
         return min(self.backoff_cap, self.visibility_timeout * 0.5)
 
     @property
-    def submit_grace(self) -> float:
-        """How long a stored job may wait for its first enqueue before the sweeper sends it."""
-        return min(30.0, self.visibility_timeout * 0.5)
-
-    @property
     def sweep_interval(self) -> float:
         return max(1.0, min(30.0, self.visibility_timeout / 8))
 

@@ -156,7 +156,6 @@ def test_derived_timings_stay_inside_the_visibility_timeout(visibility: int) -> 
     s = Settings.from_env({"TRUNKLINE_VISIBILITY_TIMEOUT": str(visibility)})
     assert 0 < s.task_soft_time_limit < s.task_time_limit < s.lease_seconds < visibility
     assert s.effective_backoff_cap <= visibility / 2
-    assert s.submit_grace <= visibility / 2
     assert 1.0 <= s.sweep_interval < visibility
 
 
@@ -167,7 +166,6 @@ def test_derived_timings_for_twenty_seconds() -> None:
     assert s.task_soft_time_limit == 8.0
     assert s.lease_seconds == 12.0
     assert s.effective_backoff_cap == 10.0
-    assert s.submit_grace == 10.0
     assert s.sweep_interval == 2.5
 
 
@@ -177,7 +175,6 @@ def test_derived_timings_for_an_hour() -> None:
     assert s.task_time_limit == 120.0
     assert s.lease_seconds == 144.0
     assert s.effective_backoff_cap == 300.0
-    assert s.submit_grace == 30.0
     assert s.sweep_interval == 30.0
 
 

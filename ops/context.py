@@ -29,7 +29,7 @@ from worker.livekit import (
     LiveKitUnauthorized,
 )
 from worker.runtime import redis_client
-from worker.store import JobStore, UnreadableRecord
+from worker.store import JobStore, NotReplicated, UnreadableRecord
 from worker.vault import Vault, VaultError
 
 if TYPE_CHECKING:
@@ -181,6 +181,8 @@ def ops_context() -> Iterator[OpsContext]:
         raise fail(str(exc), EXIT_CONFIG) from None
     except VaultError as exc:
         raise fail(str(exc)) from None
+    except NotReplicated as exc:
+        raise fail(f"{exc}; it was not acknowledged, run the command again to check") from None
     except UnreadableRecord as exc:
         raise fail(f"{exc}; it is dead-lettered with code unreadable_record (see `trunkline "
                    "dlq list`); other records are unaffected") from None

@@ -11,7 +11,7 @@ from ops.commands import options
 from ops.context import EXIT_CONFIG, err, fail, ops_context, out
 from ops.dlq import DeadLetter, DeadLetters
 from ops.views import cell, echo_json, render_job, shorten, since_option, table, when
-from worker.store import UnreadableRecord
+from worker.store import NotReplicated, UnreadableRecord
 
 app = typer.Typer(help="Dead-lettered jobs: list, show, replay, purge.", no_args_is_help=True)
 
@@ -128,7 +128,7 @@ def replay_command(
                     job = client.replay(job_id)
                     results.append({"job_id": job_id, "replayed": True, "run": job.run,
                                     "org_id": job.org_id, "number": job.number})
-                except (LookupError, ValueError, UnreadableRecord) as exc:
+                except (LookupError, ValueError, UnreadableRecord, NotReplicated) as exc:
                     results.append({"job_id": job_id, "replayed": False, "error": str(exc)})
                 progress.advance(task)
     failed = [r for r in results if not r["replayed"]]

@@ -10,10 +10,12 @@ import pytest
 
 import ops.context
 from ops.context import OpsContext, redact_url
+from producers.client import ProvisioningClient
 from tests.ops.conftest import World
 from tests.worker.fake_livekit import PASSWORD, Fault
-from worker.records import JobState, StepName
+from worker.records import Job, JobState, StepName
 from worker.saga import make_tag
+from worker.store import NotReplicated
 
 A, B, C = "+15551230001", "+15551230002", "+15551230003"
 
@@ -81,6 +83,24 @@ def test_dlq_replay_requeues_and_the_job_then_succeeds(world: World) -> None:
     again = world.cli("dlq", "replay", job.job_id, "--json")
     assert again.exit_code == 1
     assert json.loads(again.stdout)[0]["replayed"] is False
+
+
+def test_dlq_replay_the_replicas_did_not_confirm_is_named(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay the replicas did not confirm is reported as not done (exit 1), with why."""
+    job = world.dead_letter(A)
+
+    def unconfirmed(self: ProvisioningClient, job_id: str) -> Job:
+        raise NotReplicated(f"the replay of job {job_id}", 0, 1, 1000)
+
+    monkeypatch.setattr(ProvisioningClient, "replay", unconfirmed)
+    result = world.cli("dlq", "replay", job.job_id, "--json")
+
+    assert result.exit_code == 1
+    (row,) = json.loads(result.stdout)
+    assert row["replayed"] is False
+    assert "0 of the 1 replica(s)" in row["error"]
 
 
 def test_dlq_replay_all_with_filters(world: World) -> None:

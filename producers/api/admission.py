@@ -148,6 +148,22 @@ class Admission:
             "has finished",
             retryable=True)
 
+    def admit(self, org_id: str, request: ProvisionRequest, key: str | None,
+              fingerprint: str, source: str) -> Admitted | None:
+        """The whole admission in one call (one thread hop for the API): the job an
+        idempotency key names, else steps 1-3 under the number's admission lock; None when
+        another request holds that lock (the caller waits and tries again)."""
+        existing = self.existing(org_id, key, fingerprint)
+        if existing is not None:
+            return Admitted(existing, created=False)
+        token = self.try_lock(request.number)
+        if token is None:
+            return None
+        try:
+            return self.submit_locked(org_id, request, key, fingerprint, source)
+        finally:
+            self.unlock(request.number, token)
+
     def submit_locked(self, org_id: str, request: ProvisionRequest, key: str | None,
                       fingerprint: str, source: str) -> Admitted:
         """Steps 1-3 while holding the number's admission lock."""

@@ -340,17 +340,26 @@ async def authenticate(
     # Each failed check costs a password-hash verification: past the limit of failures from
     # one address or for one key id, refuse before doing that work.
     subjects = _auth_subjects(request, key_id)
-    verdict = await run_in_threadpool(state.auth_failures.peek, *subjects)
+    # One thread hop for the whole check: each hop costs a context switch or two.
+    return await run_in_threadpool(_check_credentials, state, subjects, key_id,
+                                   api_secret.strip())
+
+
+def _check_credentials(state: ApiState, subjects: tuple[str, str], key_id: str,
+                       secret: str) -> str:
+    # Each failed check costs a password-hash verification: past the limit of failures from
+    # one address or for one key id, refuse before doing that work.
+    verdict = state.auth_failures.peek(*subjects)
     if not verdict.allowed:
         raise ApiError(429, "too_many_failed_authentications", "Too many failed "
                        f"authentications; retry in {verdict.reset_after} s",
                        retryable=True, headers={"Retry-After": str(verdict.reset_after)})
-    org_id = await run_in_threadpool(state.keys.authenticate, key_id, api_secret.strip())
+    org_id = state.keys.authenticate(key_id, secret)
     if org_id is None:
-        await run_in_threadpool(state.auth_failures.hit, *subjects)
+        state.auth_failures.hit(*subjects)
         raise ApiError(401, "invalid_credentials", "The API key or secret is wrong, or the key "
                        "was revoked")
-    await _rate_limit(state, org_id)
+    _check_rate(state, org_id)
     return org_id
 
 
@@ -363,7 +372,11 @@ def _auth_subjects(request: Request, key_id: str) -> tuple[str, str]:
 
 
 async def _rate_limit(state: ApiState, org_id: str) -> None:
-    verdict = await run_in_threadpool(state.limiter.hit, f"org:{org_id}")
+    await run_in_threadpool(_check_rate, state, org_id)
+
+
+def _check_rate(state: ApiState, org_id: str) -> None:
+    verdict = state.limiter.hit(f"org:{org_id}")
     if not verdict.allowed:
         raise ApiError(429, "rate_limited", f"More than {verdict.limit} requests in a minute "
                        f"for this organisation; retry in {verdict.reset_after} s",
@@ -381,26 +394,19 @@ async def _admit(state: ApiState, org_id: str, request: ProvisionRequest, key: s
     admission = state.admission
     try:
         fingerprint = admission.fingerprint(request)
-        existing = await run_in_threadpool(admission.existing, org_id, key, fingerprint)
-        if existing is not None:
-            return Admitted(existing, created=False)
         deadline = time.monotonic() + ADMIT_WAIT_SECONDS
         pause = 0.01
         while True:
-            token = await run_in_threadpool(admission.try_lock, request.number)
-            if token is not None:
-                break
+            admitted = await run_in_threadpool(admission.admit, org_id, request, key,
+                                               fingerprint, source)
+            if admitted is not None:
+                return admitted
             if time.monotonic() >= deadline:
                 raise ApiError(409, "setup_in_flight", f"Another request for {request.number} "
                                "is being admitted; retry shortly", field="number",
                                retryable=True, headers={"Retry-After": "1"})
             await asyncio.sleep(pause * (0.5 + random.random()))  # noqa: S311 - jitter only
             pause = min(pause * 2, 0.2)
-        try:
-            return await run_in_threadpool(admission.submit_locked, org_id, request, key,
-                                           fingerprint, source)
-        finally:
-            await run_in_threadpool(admission.unlock, request.number, token)
     except IdempotencyConflict:
         raise ApiError(422, "idempotency_key_reused", f"This {key_field} was already used for "
                        "another request; use a new key for a different request",

@@ -6,6 +6,8 @@ when its link comes back."""
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,6 +62,14 @@ class HostWorker(WorkerProcess):
                  timeout, f"worker in {self.host.name} ready")
         assert self.alive, f"worker in {self.host.name} exited:\n{self.read_log()[-3000:]}"
 
+    def stop(self) -> None:
+        # A partitioned worker's warm shutdown can hang on its links: end it at once, so a
+        # failing run still cleans up well within the test's cap.
+        self.kill()
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # pool children the parent left
+
 
 @contextlib.contextmanager
 def host_worker(stack: Stack, host: NetnsHost, log_path: Path,
@@ -79,7 +89,8 @@ def host_worker(stack: Stack, host: NetnsHost, log_path: Path,
         try:
             yield worker
         except BaseException:
-            print(f"--- {log_path.name} (tail) ---\n{worker.read_log()[-5000:]}")
+            print(f"--- {log_path.name} (tail; Redis forwarder: {forward.connections} "
+                  f"connections, error {forward.error}) ---\n{worker.read_log()[-5000:]}")
             raise
         finally:
             worker.stop()

@@ -87,6 +87,7 @@ class TcpForwarder:
         self._sockets: set[socket.socket] = set()
         self._stopped = False
         self.connections = 0
+        self.error: str | None = None  # why the forwarder stopped accepting, if it did
         self._thread = threading.Thread(target=self._accept, daemon=True,
                                         name=f"forward-{host}:{self.port}")
 
@@ -107,11 +108,15 @@ class TcpForwarder:
         while True:
             try:
                 client, _ = self._listener.accept()
-            except OSError:
-                return  # stopped
+            except OSError as exc:
+                with self._lock:
+                    if not self._stopped:
+                        self.error = f"accept failed: {exc!r}"
+                return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
+            except OSError as exc:
+                self.error = f"upstream connect failed: {exc!r}"
                 client.close()
                 continue
             upstream.settimeout(None)

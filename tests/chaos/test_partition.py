@@ -76,10 +76,13 @@ def host_worker(stack: Stack, host: NetnsHost, log_path: Path,
                 livekit_url: str) -> Iterator[HostWorker]:
     """A worker in `host` reaching Redis through a forwarder on the host's link."""
     redis_url = urlsplit(stack.redis_url)
-    assert redis_url.port is not None
-    with TcpForwarder(host.root_ip, "127.0.0.1", redis_url.port) as forward:
+    assert redis_url.hostname is not None and redis_url.port is not None
+    with TcpForwarder(host.root_ip, redis_url.hostname, redis_url.port) as forward:
+        credentials = redis_url.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@" if credentials else ""
         env = stack.env(
-            REDIS_URL=f"redis://{host.root_ip}:{forward.port}{redis_url.path}",
+            REDIS_URL=redis_url._replace(
+                netloc=f"{netloc}{host.root_ip}:{forward.port}").geturl(),
             LIVEKIT_URL=livekit_url, TRUNKLINE_VISIBILITY_TIMEOUT=VISIBILITY,
             TRUNKLINE_BACKOFF_BASE="0.2", TRUNKLINE_BACKOFF_MAX="2",
             TRUNKLINE_CELERY_LOG_LEVEL="INFO",

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import threading
+from pathlib import Path
 from types import TracebackType
 
 __all__ = ["NetnsHost", "TcpForwarder"]
@@ -24,12 +26,29 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10)
 
 
+_NAME = re.compile(r"^tl(\d+)([a-z])\b")
+
+
+def remove_leftovers() -> None:
+    """Remove the namespaces and links of test processes that are gone (killed mid-test)."""
+    listed = subprocess.run(["ip", "netns", "list"], check=True, capture_output=True,
+                            text=True, timeout=10).stdout
+    for line in listed.splitlines():
+        match = _NAME.match(line)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("link", "del", f"tlr{match.group(1)}{match.group(2)}")
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("netns", "del", f"tl{match.group(1)}{match.group(2)}")
+
+
 class NetnsHost:
     """A network namespace with one veth link into the root namespace."""
 
     def __init__(self, label: str, index: int) -> None:
-        # Names are unique per test process, so parallel runs and leftovers never clash.
-        tag = f"{os.getpid() % 100000}{label}"
+        # Names carry the test process's pid: parallel runs never clash, and a killed run's
+        # leftovers are recognised (and removed) by the next one.
+        tag = f"{os.getpid()}{label}"
         self.name = f"tl{tag}"
         self.veth_root = f"tlr{tag}"  # interface names have at most 15 characters
         self.veth_host = f"tlh{tag}"
@@ -38,7 +57,8 @@ class NetnsHost:
         self.host_ip = f"10.231.{subnet}.{4 * index + 2}"
 
     def up(self) -> None:
-        self.down()  # a leftover of a killed run with the same name
+        remove_leftovers()
+        self.down()
         _ip("netns", "add", self.name)
         _ip("link", "add", self.veth_root, "type", "veth", "peer", "name", self.veth_host,
             "netns", self.name)

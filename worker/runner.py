@@ -125,7 +125,8 @@ class JobRunner:
 
     def run(self, job_id: str) -> Outcome:
         token = f"{job_id}:{uuid.uuid4().hex}"
-        claim = self.store.claim(job_id, token, self.settings.lease_seconds)
+        claim = self.store.claim(job_id, token, self.settings.lease_seconds,
+                                 deadline=self.clock() + self.settings.lease_seconds)
         job = self._claimed_job(job_id, claim, token)
         if isinstance(job, Outcome):
             return job
@@ -195,14 +196,12 @@ class JobRunner:
         job.started_at = job.started_at or _at(now)
         job.next_attempt_at = None
         job.history.append(Attempt(number=len(job.history) + 1, started_at=_at(now)))
-        deadline = now + self.settings.lease_seconds
-        if self._first_write_is_a_checkpoint(job):
-            # The saga's first act is a checkpoint, before any external call: the attempt and
-            # the lease's deadline go with it, one round trip fewer, and a delivery that dies
-            # before it has done nothing at all to count.
-            run.deadline = deadline
-        else:
-            self._save(job, token, deadline=deadline)
+        if not self._first_write_is_a_checkpoint(job):
+            self._save(job, token, deadline=now + self.settings.lease_seconds)
+        # Otherwise the saga's first act is a checkpoint, before any external call: the attempt
+        # goes with it, one round trip fewer, and a delivery that dies before it has done
+        # nothing at all to count. (The claim already moved the sweep deadline to the lease's
+        # end, so such a delivery is re-sent as soon as its lock can be taken again.)
 
         if job.phase is Phase.PROVISION:
             if job.attempts > self.policy.max_attempts:
@@ -357,9 +356,6 @@ class JobRunner:
         return checkpoint
 
     def _save(self, job: Job, token: str, *, deadline: float | None = None) -> None:
-        run = self._runs.get(token)
-        if deadline is None and run is not None:
-            deadline, run.deadline = run.deadline, None
         job.updated_at = utcnow()
         self.store.save(job, token, deadline=deadline)
 
@@ -374,7 +370,6 @@ class _Run:
 
     token: str
     current: CurrentRecord
-    deadline: float | None = None  # a lease deadline not yet written
     released: bool = False  # the lock went with the job's terminal write
 
 

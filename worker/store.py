@@ -273,7 +273,8 @@ return {1, id}
 # job's number, which only the script can see: it reads keys it is not given, so it suits one
 # Redis (or a Sentinel-managed primary), not Redis Cluster.
 _CLAIM = """
--- KEYS: job.  ARGV: token, lock ttl ms, lock key prefix, number key prefix
+-- KEYS: job, active index.  ARGV: token, lock ttl ms, lock key prefix, number key prefix,
+--       sweep deadline (the lease's end), job id
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {0} end
 local ok, job = pcall(cjson.decode, raw)
@@ -281,6 +282,8 @@ if not ok or type(job) ~= 'table' or type(job['number']) ~= 'string' then return
 if job['state'] == 'succeeded' or job['state'] == 'failed' then return {4, raw} end
 local lock = ARGV[3] .. job['number']
 if redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
+  -- A run that dies from here on is re-sent by the sweeper when its lease ends.
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[5], ARGV[6])
   return {1, raw, redis.call('GET', ARGV[4] .. job['number']) or ''}
 end
 return {2, raw, redis.call('GET', lock) or '', redis.call('PTTL', lock)}
@@ -504,15 +507,18 @@ class JobStore:
             raise NumberTaken(PhoneNumberRecord.model_validate_json(raw[1]))
         return status == 1, _text(raw[1])
 
-    def claim(self, job_id: str, token: str, ttl_seconds: float) -> Claim:
+    def claim(self, job_id: str, token: str, ttl_seconds: float, *,
+              deadline: float | None = None) -> Claim:
         """Start a delivery in one round trip: the job, its number's lock, the number's record.
 
-        The lock is taken only for a stored job that is not finished and names a number.
+        The lock is taken only for a stored job that is not finished and names a number; when
+        it is, the job's sweep deadline moves to `deadline` (default: the lock's end).
         """
         raw = cast(list[Any], self._claim(
-            keys=[self.keys.job(job_id)],
+            keys=[self.keys.job(job_id), self.keys.active],
             args=[token, max(1, int(ttl_seconds * 1000)), self.keys.number_lock(""),
-                  self.keys.number("")],
+                  self.keys.number(""),
+                  time.time() + ttl_seconds if deadline is None else deadline, job_id],
         ))
         status = int(raw[0])
         if status == 0:

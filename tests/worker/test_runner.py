@@ -980,7 +980,7 @@ def test_job_whose_number_redis_cannot_read_takes_the_lock_the_long_way(
     job = h.submit()
     raw = h.redis.get(h.store.keys.job(job.job_id))
     assert isinstance(raw, bytes)
-    monkeypatch.setattr(h.store, "claim", lambda *_: Claim(ClaimStatus.UNPARSED, raw))
+    monkeypatch.setattr(h.store, "claim", lambda *_, **__: Claim(ClaimStatus.UNPARSED, raw))
     holders: list[str | None] = []
     h.saga.hooks = StepHooks(reached=lambda point, _job: holders.append(
         h.store.number_lock_holder(NUMBER)[0]) if point == "before_trunks" else None)
@@ -1143,7 +1143,7 @@ def test_lock_whose_holder_is_gone_is_logged_as_unknown(
     job = h.submit()
     raw = h.redis.get(h.store.keys.job(job.job_id))
     assert isinstance(raw, bytes)
-    monkeypatch.setattr(h.store, "claim", lambda *_: Claim(ClaimStatus.UNPARSED, raw))
+    monkeypatch.setattr(h.store, "claim", lambda *_, **__: Claim(ClaimStatus.UNPARSED, raw))
     assert h.store.acquire_number_lock(NUMBER, "job_someoneelse:abc123", 10)
     monkeypatch.setattr(h.store, "number_lock_holder", lambda number: (None, 0.0))
 

@@ -512,3 +512,30 @@ def test_replay_pushes_its_message_with_the_new_run(store: JobStore, vault: Vaul
 
     assert fresh.state is JobState.QUEUED
     assert store.redis.lrange("q", 0, -1) == [b"m"]
+
+
+def test_claim_moves_the_sweep_deadline_to_the_lease_end(store: JobStore, vault: Vault) -> None:
+    """A run that dies right after its claim, before any write, is due when its lease ends
+    (not at the producer's deadline, which can be a visibility timeout away)."""
+    job = stored(store, vault)  # created with a deadline 30 s away
+    store.redis.zadd(store.keys.active, {job.job_id: 10_000.0})
+
+    store.claim(job.job_id, TOKEN, 12, deadline=1_234.5)
+
+    assert store.redis.zscore(store.keys.active, job.job_id) == 1_234.5
+
+
+def test_claim_of_a_locked_or_finished_job_keeps_its_deadline(
+    store: JobStore, vault: Vault
+) -> None:
+    locked, finished = stored(store, vault), stored(store, vault, number="+15557654321")
+    store.redis.set(store.keys.job(finished.job_id),
+                    terminal(finished).model_dump_json())
+    store.redis.zadd(store.keys.active, {locked.job_id: 10_000.0})
+    assert store.acquire_number_lock(NUMBER, "job_y:token", 20)
+
+    store.claim(locked.job_id, TOKEN, 12, deadline=1_234.5)
+    store.claim(finished.job_id, TOKEN, 12, deadline=1_234.5)
+
+    assert store.redis.zscore(store.keys.active, locked.job_id) == 10_000.0
+    assert store.redis.zscore(store.keys.active, finished.job_id) != 1_234.5

@@ -12,7 +12,7 @@ import fakeredis
 import httpx
 import pytest
 
-from producers.api.app import _prefers_async
+from producers.api.inputs import prefers_async
 from producers.keys import ApiKeys
 from tests.producers.conftest import (
     CANARY,
@@ -78,12 +78,12 @@ def test_prefer_respond_async_answers_at_once(make_harness: HarnessFactory) -> N
 
 def test_prefer_parsing() -> None:
     """respond-async and wait=N are read from a Prefer header with other preferences."""
-    assert _prefers_async(None) == (False, None)
-    assert _prefers_async("return=minimal, respond-async; foo=bar") == (True, None)
-    assert _prefers_async("wait=3") == (False, 3.0)
-    assert _prefers_async('wait="7", wait=1') == (False, 7.0)
-    assert _prefers_async("wait=99999") == (False, 600.0)
-    assert _prefers_async("Respond-Async ;x , handling=lenient") == (True, None)
+    assert prefers_async(None) == (False, None)
+    assert prefers_async("return=minimal, respond-async; foo=bar") == (True, None)
+    assert prefers_async("wait=3") == (False, 3.0)
+    assert prefers_async('wait="7", wait=1') == (False, 7.0)
+    assert prefers_async("wait=99999") == (False, 600.0)
+    assert prefers_async("Respond-Async ;x , handling=lenient") == (True, None)
 
 
 # Each was a 500 after the job had been stored (`wait=²` passed str.isdigit, then int()).

@@ -97,6 +97,9 @@ test: $(STAMP)
 	$(TEST_STACK) $(STACK) up
 	@# The partition test runs workers in network namespaces (`ip netns`, package iproute2).
 	@command -v ip >/dev/null 2>&1 || PROG=make bash -c 'source ops/lib.sh && apt_install iproute2'
+	@# The /docs and /ops tests drive headless Chromium (tests/support/browser.py).
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		PROG=make bash -c 'source ops/lib.sh && apt_install chromium chromium-driver'
 	@# The SIP bridge builds (niced) while the other suites run; `make e2e` waits for it and
 	@# reports a failed build itself.
 	@mkdir -p .stack/e2e/logs; ($(E2E_STACK) nice -n 10 $(SIP) install \

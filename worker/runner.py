@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from worker.config import Settings
+from worker.livekit.deadline import NoTimeLeft, calls_end_by
 from worker.observability import JOBS, RETRIES, bound_job
 from worker.records import (
     Attempt,
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # Compensation must finish eventually; give it more room than the forward path.
 COMPENSATION_ATTEMPT_FACTOR = 3
+# A request LiveKit has received is acted on within this (its store write), so a takeover's
+# look, which comes after the lease, sees it.
+LANDING_MARGIN_SECONDS = 1.0
 
 
 class Saga(Protocol):
@@ -125,6 +129,8 @@ class JobRunner:
 
     def run(self, job_id: str) -> Outcome:
         token = f"{job_id}:{uuid.uuid4().hex}"
+        # Read before the claim: the lock Redis grants expires no earlier than this.
+        lease_ends = time.monotonic() + self.settings.lease_seconds
         claim = self.store.claim(job_id, token, self.settings.lease_seconds,
                                  deadline=self.clock() + self.settings.lease_seconds)
         job = self._claimed_job(job_id, claim, token)
@@ -138,8 +144,9 @@ class JobRunner:
                 if not self.store.acquire_number_lock(job.number, token,
                                                       self.settings.lease_seconds):
                     return self._wait_for_lock(job, *self.store.number_lock_holder(job.number))
-                return self._run_claimed(job, token, lambda: self.store.get_number(job.number))
-            return self._run_claimed(job, token, claim.number_record)
+                return self._run_claimed(job, token, lambda: self.store.get_number(job.number),
+                                         lease_ends)
+            return self._run_claimed(job, token, claim.number_record, lease_ends)
 
     def _claimed_job(self, job_id: str, claim: Claim, token: str) -> Job | Outcome:
         """The claimed job, or the Outcome of a delivery that has nothing to run."""
@@ -166,14 +173,21 @@ class JobRunner:
                  (holder or "?").split(":")[0])
         return Outcome.retry(delay, "number locked")
 
-    def _run_claimed(self, job: Job, token: str, current: CurrentRecord) -> Outcome:
+    def _run_claimed(self, job: Job, token: str, current: CurrentRecord,
+                     lease_ends: float) -> Outcome:
         run = _Run(token, current)
         self._runs[token] = run
         try:
-            return self._run_locked(job, run)
+            # Every LiveKit call of this run is over before another run can take the job over
+            # and look for what it created (worker.livekit.deadline).
+            with calls_end_by(lease_ends - LANDING_MARGIN_SECONDS):
+                return self._run_locked(job, run)
         except LeaseLost as lost:
             log.warning("%s; leaving the job to the run that holds it", lost)
             return Outcome.skipped("lease lost")
+        except NoTimeLeft as late:
+            log.warning("job %s: %s; it is taken up again once its lease ends", job.job_id, late)
+            return Outcome.skipped("lease ending")
         finally:
             del self._runs[token]
             if not run.released:
@@ -231,7 +245,7 @@ class JobRunner:
                 record = self.saga.record_for(job)
             else:
                 result = self.sagas[job.kind].forward(job, token, self._checkpoint(token))
-        except LeaseLost:
+        except (LeaseLost, NoTimeLeft):
             raise
         except self.interruptions as exc:
             return self._after_error(job, token, RunInterrupted(type(exc).__name__))
@@ -280,7 +294,7 @@ class JobRunner:
             return self._finish(job, token, JobState.FAILED)
         try:
             self.sagas[job.kind].backward(job, token, self._checkpoint(token))
-        except LeaseLost:
+        except (LeaseLost, NoTimeLeft):
             raise
         except Exception as exc:
             # An interruption (soft time limit) is retried here as on the forward path.

@@ -17,9 +17,16 @@ import structlog
 from prometheus_client import REGISTRY
 
 from tests.worker.fake_livekit import NUMBER, ORG, PASSWORD, Fault, Harness
+from worker.livekit import deadline
 from worker.records import Job, JobError, JobState, Phase, StepName, StepStatus
 from worker.retry import ProvisioningFailure, RetryPolicy
-from worker.runner import COMPENSATION_ATTEMPT_FACTOR, JobRunner, Outcome, event_payload
+from worker.runner import (
+    COMPENSATION_ATTEMPT_FACTOR,
+    LANDING_MARGIN_SECONDS,
+    JobRunner,
+    Outcome,
+    event_payload,
+)
 from worker.saga import StepHooks, tag
 from worker.store import RESULTS_STREAM, Claim, ClaimStatus
 
@@ -441,6 +448,44 @@ def test_run_that_loses_its_lock_stops_writing(h: Harness) -> None:
     assert stored.step(StepName.DISPATCH_RULE).resource_id is None
     assert events(h) == []
     assert h.store.number_lock_holder(NUMBER)[0] == f"{job.job_id}:other-run"
+
+
+def test_every_livekit_call_of_a_run_ends_before_its_lease(h: Harness) -> None:
+    """The run sets a deadline a margin short of its lease; the saga's calls see it."""
+    job = h.submit()
+    left: list[float | None] = []
+    h.saga.hooks = StepHooks(reached=lambda point, running: left.append(deadline.time_left()))
+
+    before = time.monotonic()
+    assert h.runner().run(job.job_id).kind == "finished"
+
+    budget = h.settings.lease_seconds - LANDING_MARGIN_SECONDS - (time.monotonic() - before)
+    assert left and all(value is not None and budget - 1 < value <= budget + 1 for value in left)
+    assert deadline.time_left() is None
+
+
+def test_run_without_time_for_another_call_stops_and_leaves_the_job_to_the_next(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No call is started that could still land after the lease ends (a takeover may have
+    looked by then): the run stops unfailed, the job waits for its sweep deadline."""
+    job = h.submit()
+
+    def lease_runs_out(point: str, running: Job) -> None:
+        if point == "after_trunks":
+            monkeypatch.setattr(deadline, "time_left", lambda: 0.1)
+
+    h.saga.hooks = StepHooks(reached=lease_runs_out)
+
+    outcome = h.runner().run(job.job_id)
+
+    assert outcome == Outcome("skipped", 0.0, "lease ending")
+    assert h.fake.calls["CreateSIPDispatchRule"] == 0
+    stored = h.reload(job)
+    assert stored.state is JobState.RUNNING and stored.error is None
+    assert stored.step(StepName.OUTBOUND_TRUNK).status is StepStatus.DONE
+    assert events(h) == []
+    assert in_active_index(h, stored)
+    assert h.store.number_lock_holder(NUMBER)[0] is None
 
 
 # --------------------------------------------------------------------------- terminal jobs

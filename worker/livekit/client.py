@@ -18,6 +18,9 @@ Policy
 * Auth: an HS256 token (``iss``/``sub`` = API key, ``sip.admin`` grant, ``nbf`` one minute
   in the past, ``exp`` = now + ``token_ttl``) is cached and minted again once less than
   half of its lifetime is left.
+* Late landings: a call made for a run ends before the run's lease does (see
+  :mod:`worker.livekit.deadline`), and sockets close with ``SO_LINGER`` 0: a call given up on
+  is reset, its unsent bytes discarded, so it cannot reach LiveKit after a takeover looked.
 * Threads: one instance may be shared by threads. ``httpx.Client`` is thread-safe and the
   token cache is guarded by a lock.
 * Not idempotent: LiveKit has no idempotency keys and creates are list-then-write
@@ -33,6 +36,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +49,7 @@ import jwt
 from jwt.algorithms import HMACAlgorithm
 from pydantic import BaseModel, ValidationError
 
+from worker.livekit.deadline import fit_timeout
 from worker.livekit.errors import (
     LiveKitError,
     LiveKitServerError,
@@ -58,6 +64,9 @@ __all__ = ["LiveKitSIP"]
 logger = logging.getLogger(__name__)
 
 SERVICE_PATH: Final = "/twirp/livekit.SIP/"
+# l_onoff=1, l_linger=0: close() resets the connection and drops what was not yet sent
+# (see worker.livekit.deadline). A closed keep-alive connection is reset too; harmless.
+ABORT_ON_CLOSE: Final = [(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))]
 PAGE_LIMIT: Final = 500
 NBF_LEEWAY_SECONDS: Final = 60
 MIN_TOKEN_TTL: Final = 30
@@ -124,6 +133,7 @@ class LiveKitSIP:
             http
             if http is not None
             else httpx.Client(
+                transport=httpx.HTTPTransport(socket_options=ABORT_ON_CLOSE),
                 timeout=httpx.Timeout(
                     connect=min(MAX_CONNECT_TIMEOUT, timeout),
                     read=timeout,
@@ -271,9 +281,12 @@ class LiveKitSIP:
             "Accept": "application/json",
         }
         url = f"{self._base_url}{SERVICE_PATH}{method}"
+        timeout = fit_timeout(method, self._http.timeout)
         started = time.monotonic()
         try:
-            response = self._http.post(url, content=json.dumps(body).encode(), headers=headers)
+            response = self._http.post(
+                url, content=json.dumps(body).encode(), headers=headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout)
         except httpx.TransportError as exc:
             error = error_from_transport(method, exc)
             self._log_failure(method, error, started)

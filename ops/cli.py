@@ -17,6 +17,7 @@ from ops.commands import jobs as ops_jobs
 from ops.commands import numbers as ops_numbers
 from ops.commands import reconcile as ops_reconcile
 from ops.commands import results as ops_results
+from ops.commands import retention as ops_retention
 from ops.commands import submit as ops_submit
 from worker.config import ConfigError, Settings
 from worker.vault import Vault
@@ -30,11 +31,12 @@ dev = typer.Typer(help="The local stack (redis-server + livekit-server), via ops
                   no_args_is_help=True)
 app.add_typer(dev, name="dev")
 # What the people on call use (ops/commands/): dead letters, jobs, numbers, results,
-# reconciliation against LiveKit, and bulk submission.
+# retention, reconciliation against LiveKit, and bulk submission.
 app.add_typer(ops_dlq.app, name="dlq")
 app.add_typer(ops_jobs.app, name="jobs")
 app.add_typer(ops_numbers.app, name="numbers")
 app.add_typer(ops_results.app, name="results")
+app.add_typer(ops_retention.app, name="retention")
 app.command("reconcile")(ops_reconcile.reconcile_command)
 app.command("submit")(ops_submit.submit_command)
 
@@ -117,22 +119,28 @@ def _api_keys() -> ApiKeys:
 
 @keys.command("create")
 def keys_create(
-    org: str = typer.Option(..., "--org", help="Organisation the key acts for."),
+    org: str | None = typer.Option(None, "--org", help="Organisation the key acts for."),
+    operator: bool = typer.Option(False, "--operator", help="An operator key instead: it "
+                                  "opens the /ops page (every organisation), not the API."),
     name: str = typer.Option("", "--name", help="A note on what uses the key."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Create an API key; prints its id and secret (the secret is never shown again)."""
+    if (org is None) == (not operator):
+        _fail("give --org ORG for an organisation key, or --operator for an operator key", 2)
+        return
     try:
-        created = _api_keys().create(org, name=name)
+        created = (_api_keys().create_operator(name=name) if operator
+                   else _api_keys().create(org or "", name=name))
     except ValueError as exc:
         _fail(str(exc))
         return
     if as_json:
         typer.echo(json.dumps(created.as_json()))
         return
+    holder = "role:       operator (/ops)" if operator else f"org:        {created.org_id}"
     console.print(f"api key:    {created.api_key}\napi secret: {created.api_secret}\n"
-                  f"org:        {created.org_id}\n"
-                  "[yellow]Store the secret now: only its hash is kept.[/yellow]")
+                  f"{holder}\n[yellow]Store the secret now: only its hash is kept.[/yellow]")
 
 
 @keys.command("list")
@@ -146,11 +154,11 @@ def keys_list(
         typer.echo(json.dumps(records))
         return
     table = Table(title="API keys")
-    for column in ("api_key", "org_id", "name", "created_at", "revoked"):
+    columns = ("api_key", "role", "org_id", "name", "created_at", "revoked")
+    for column in columns:
         table.add_column(column)
     for view in records:
-        table.add_row(*(str(view[c]) for c in ("api_key", "org_id", "name", "created_at",
-                                                "revoked")))
+        table.add_row(*(str(view[c]) for c in columns))
     console.print(table)
 
 

@@ -6,9 +6,15 @@ iteration count only has to make the stored hash useless on its own, and stays s
 to verify on every request. Comparison is constant-time, and an unknown key id costs the same
 work as a known one. Revoking a key marks its record; a revoked key never authenticates again.
 
+A key has a role. An organisation key acts for its organisation in the API; an operator key
+(`create_operator`) opens the operators' page `/ops` and nothing else. Each check accepts its
+own role only, so neither kind of key can stand in for the other.
+
     keys = ApiKeys(redis)
     created = keys.create("org_1", name="billing service")   # created.api_secret: show once
     org_id = keys.authenticate(key_id, secret)               # None when wrong or revoked
+    operator = keys.create_operator(name="on-call")
+    key_id = keys.authenticate_operator(key_id, secret)      # None unless an operator key
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import cast
 
 from pydantic import BaseModel
@@ -80,9 +87,17 @@ def verify_secret(secret: str, encoded: str) -> bool:
 _DUMMY_HASH = hash_secret("trunkline-dummy-secret", salt=b"\0" * 16)
 
 
+class KeyRole(StrEnum):
+    ORG = "org"
+    OPERATOR = "operator"
+
+
 class ApiKeyRecord(BaseModel):
     key_id: str
+    # Empty for an operator key: it acts for no organisation.
     org_id: str
+    # Records written before roles existed are organisation keys.
+    role: KeyRole = KeyRole.ORG
     name: str = ""
     secret_hash: str
     created_at: datetime
@@ -98,6 +113,7 @@ class ApiKeyRecord(BaseModel):
         return {
             "api_key": self.key_id,
             "org_id": self.org_id,
+            "role": self.role.value,
             "name": self.name,
             "secret_hint": f"{SECRET_PREFIX}…{self.last_four}",
             "created_at": self.created_at.isoformat(),
@@ -113,8 +129,12 @@ class CreatedKey:
     api_key: str
     api_secret: str
     org_id: str
+    role: KeyRole = KeyRole.ORG
 
     def as_json(self) -> dict[str, str]:
+        if self.role is KeyRole.OPERATOR:
+            return {"api_key": self.api_key, "api_secret": self.api_secret,
+                    "role": self.role.value}
         return {"api_key": self.api_key, "api_secret": self.api_secret, "org_id": self.org_id}
 
 
@@ -145,20 +165,28 @@ class ApiKeys:
         if not valid_org_id(org_id):
             raise ValueError("org id must be 1-128 letters, digits, '.', '_', ':' or '-', "
                              "starting with a letter or digit")
+        return self._create(org_id, KeyRole.ORG, name)
+
+    def create_operator(self, *, name: str = "") -> CreatedKey:
+        """A key for the operators' page: every organisation's jobs, replays; no API calls."""
+        return self._create("", KeyRole.OPERATOR, name)
+
+    def _create(self, org_id: str, role: KeyRole, name: str) -> CreatedKey:
         if len(name) > 200:
             raise ValueError("key name must be at most 200 characters")
         key_id = KEY_PREFIX + secrets.token_hex(16)
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         now = datetime.now(UTC)
-        record = ApiKeyRecord(key_id=key_id, org_id=org_id, name=name,
+        record = ApiKeyRecord(key_id=key_id, org_id=org_id, role=role, name=name,
                               secret_hash=hash_secret(secret, iterations=self.iterations),
                               created_at=now, last_four=secret[-4:])
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self._key(key_id), record.model_dump_json(), nx=True)
         pipe.zadd(self._all, {key_id: now.timestamp()})
-        pipe.zadd(self._by_org(org_id), {key_id: now.timestamp()})
+        if role is KeyRole.ORG:
+            pipe.zadd(self._by_org(org_id), {key_id: now.timestamp()})
         pipe.execute()
-        return CreatedKey(api_key=key_id, api_secret=secret, org_id=org_id)
+        return CreatedKey(api_key=key_id, api_secret=secret, org_id=org_id, role=role)
 
     def get(self, key_id: str) -> ApiKeyRecord | None:
         if not _KEY_ID.match(key_id):
@@ -167,18 +195,34 @@ class ApiKeys:
         return None if raw is None else ApiKeyRecord.model_validate_json(cast(bytes, raw))
 
     def authenticate(self, key_id: str, secret: str) -> str | None:
-        """The key's organisation when the secret matches and the key is live, else None."""
+        """The key's organisation when the secret matches and the key is a live organisation
+        key, else None (an operator key acts for no organisation)."""
+        record = self._verified_record(key_id, secret)
+        return record.org_id if record is not None and record.role is KeyRole.ORG else None
+
+    def authenticate_operator(self, key_id: str, secret: str) -> str | None:
+        """The key id when the secret matches and the key is a live operator key, else None."""
+        record = self._verified_record(key_id, secret)
+        return record.key_id if record is not None and record.role is KeyRole.OPERATOR else None
+
+    def live_operator(self, key_id: str) -> bool:
+        """Whether `key_id` is an operator key that is not revoked (no secret checked: for a
+        session opened with the secret, so revoking the key ends its sessions at once)."""
+        record = self.get(key_id)
+        return record is not None and record.role is KeyRole.OPERATOR and not record.revoked
+
+    def _verified_record(self, key_id: str, secret: str) -> ApiKeyRecord | None:
         record = self.get(key_id) if len(key_id) <= 80 else None
         if len(secret) > 200:
             secret = secret[:200]  # bounded work; a 200-char prefix never matches anyway
         digest = hashlib.sha256(secret.encode()).digest()
         if record is not None and not record.revoked and self._seen(record, digest):
-            return record.org_id
+            return record
         ok = verify_secret(secret, record.secret_hash if record else _DUMMY_HASH)
         if record is None or not ok or record.revoked:
             return None
         self._remember(record, digest)
-        return record.org_id
+        return record
 
     def _seen(self, record: ApiKeyRecord, digest: bytes) -> bool:
         with self._verified_lock:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import fakeredis
 import pytest
 
@@ -150,3 +152,48 @@ def test_a_remembered_key_whose_hash_changed_is_checked_again(
 
     assert keys.authenticate(created.api_key, created.api_secret) is None
     assert len(pbkdf2_calls) == 2
+
+
+def test_operator_keys_open_only_the_operator_check(keys: ApiKeys) -> None:
+    """An operator key never acts for an organisation, and an organisation key is no
+    operator key: each check accepts its own role only, with the right secret, while live."""
+    operator = keys.create_operator(name="on-call")
+    org_key = keys.create("org_1")
+
+    assert keys.authenticate_operator(operator.api_key, operator.api_secret) == operator.api_key
+    assert keys.authenticate(operator.api_key, operator.api_secret) is None
+    assert keys.authenticate_operator(org_key.api_key, org_key.api_secret) is None
+    assert keys.authenticate_operator(operator.api_key, operator.api_secret + "x") is None
+    assert keys.live_operator(operator.api_key)
+    assert not keys.live_operator(org_key.api_key)
+
+    keys.revoke(operator.api_key)
+    assert keys.authenticate_operator(operator.api_key, operator.api_secret) is None
+    assert not keys.live_operator(operator.api_key)
+
+
+def test_operator_keys_are_listed_with_their_role_and_in_no_organisation(
+    keys: ApiKeys,
+) -> None:
+    """The JSON form names the role; list() shows the key, no organisation's list does."""
+    operator = keys.create_operator()
+    org_key = keys.create("org_1")
+    assert operator.as_json() == {"api_key": operator.api_key,
+                                  "api_secret": operator.api_secret, "role": "operator"}
+    roles = {r.key_id: r.public_view()["role"] for r in keys.list()}
+    assert roles == {operator.api_key: "operator", org_key.api_key: "org"}
+    assert [r.key_id for r in keys.list("org_1")] == [org_key.api_key]
+    assert operator.api_secret.encode() not in redis_bytes(keys.redis)
+
+
+def test_records_from_before_roles_are_organisation_keys(keys: ApiKeys) -> None:
+    """A stored key without a role (written before roles existed) stays an organisation key."""
+    created = keys.create("org_1")
+    raw = keys.redis.get(keys._key(created.api_key))
+    assert isinstance(raw, bytes)
+    stored = json.loads(raw)
+    del stored["role"]
+    keys.redis.set(keys._key(created.api_key), json.dumps(stored))
+
+    assert keys.authenticate(created.api_key, created.api_secret) == "org_1"
+    assert keys.authenticate_operator(created.api_key, created.api_secret) is None

@@ -23,7 +23,7 @@ from worker.runtime import (
 )
 from worker.store import JobStore
 from worker.sweeper import Sweeper, SweeperThread
-from worker.tasks import PROVISION_TASK, RECONCILE_TASK, register_tasks
+from worker.tasks import PROVISION_TASK, RECONCILE_TASK, RETENTION_TASK, register_tasks
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,8 @@ def create_app(settings: Settings | None = None, env: Mapping[str, str] | None =
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=False,
         enable_utc=True,
-        # `celery -A worker beat` runs the reconcile report on this schedule (0: never).
-        beat_schedule=(
-            {"reconcile": {"task": RECONCILE_TASK, "schedule": float(settings.reconcile_interval),
-                           "options": {"queue": settings.queue}}}
-            if settings.reconcile_interval else {}
-        ),
+        # `celery -A worker beat` runs the reconcile report and retention on these schedules.
+        beat_schedule=_beat_schedule(settings),
     )
     # Our JSON logging instead of Celery's own (connected here, not at import time).
     signals.setup_logging.connect(_setup_logging, weak=False, dispatch_uid="trunkline-logging")
@@ -62,6 +58,15 @@ def create_app(settings: Settings | None = None, env: Mapping[str, str] | None =
     register_tasks(app, holder)
     app.steps["worker"].add(_sweeper_step(app, settings))
     return app
+
+
+def _beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Each periodic task whose interval is set (0: never)."""
+    periodic = (("reconcile", RECONCILE_TASK, settings.reconcile_interval),
+                ("retention", RETENTION_TASK, settings.retention_interval))
+    return {name: {"task": task, "schedule": float(interval),
+                   "options": {"queue": settings.queue}}
+            for name, task, interval in periodic if interval}
 
 
 def enqueue(app: Celery, settings: Settings, job_id: str) -> None:

@@ -106,6 +106,13 @@ class Settings:
     # Replicas that must confirm an acknowledged write (Redis WAIT; 0: do not wait).
     redis_min_replicas: int = 0
     redis_replica_timeout_ms: int = 1000
+    # Retention (worker/retention.py): days a finished job, a dead letter and a results entry
+    # are kept (0: forever); the beat task applies it every retention_interval s (0: never).
+    retain_jobs_days: int = 30
+    retain_dead_letters_days: int = 90
+    retain_results_days: int = 7
+    idempotency_ttl_seconds: int = 24 * 3600
+    retention_interval: int = 3600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -136,6 +143,7 @@ class Settings:
             redis_replica_timeout_ms=env_int(env, "TRUNKLINE_REDIS_REPLICA_TIMEOUT_MS", 1000,
                                              minimum=1, maximum=60_000),
             **_sentinel_settings(env),
+            **_retention_settings(env),
         )
 
     @property
@@ -184,6 +192,26 @@ class Settings:
     @property
     def sweep_interval(self) -> float:
         return max(1.0, min(30.0, self.visibility_timeout / 8))
+
+
+def _retention_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    days = {name: env_int(env, variable, default, minimum=0, maximum=36_500)
+            for name, variable, default in (
+                ("retain_jobs_days", "TRUNKLINE_RETAIN_JOBS_DAYS", 30),
+                ("retain_dead_letters_days", "TRUNKLINE_RETAIN_DEAD_LETTERS_DAYS", 90),
+                ("retain_results_days", "TRUNKLINE_RETAIN_RESULTS_DAYS", 7))}
+    ttl = env_int(env, "TRUNKLINE_IDEMPOTENCY_TTL_SECONDS", 24 * 3600, minimum=60)
+    # Retention cannot name a job's idempotency key (it is a SHA-256, which Redis' Lua lacks),
+    # so a key must expire before its job may be deleted, or a retry would name a deleted job.
+    for name, variable in (("retain_jobs_days", "TRUNKLINE_RETAIN_JOBS_DAYS"),
+                           ("retain_dead_letters_days", "TRUNKLINE_RETAIN_DEAD_LETTERS_DAYS")):
+        if days[name] and ttl > days[name] * 86_400:
+            raise ConfigError(
+                f"TRUNKLINE_IDEMPOTENCY_TTL_SECONDS ({ttl}) must not exceed {variable} "
+                f"({days[name]} days = {days[name] * 86_400} s): an idempotency key would "
+                "outlive the job it names")
+    interval = env_int(env, "TRUNKLINE_RETENTION_INTERVAL", 3600, minimum=0)
+    return {**days, "idempotency_ttl_seconds": ttl, "retention_interval": interval}
 
 
 def _gateway_policy(env: Mapping[str, str]) -> GatewayPolicy:

@@ -43,6 +43,18 @@ REQUEUED = Counter("trunkline_sweeper_requeued_total", "Jobs the sweeper sent ag
 RECONCILE_FINDINGS = Gauge("trunkline_reconcile_findings",
                            "Findings of the last scheduled reconcile, by kind", ["kind"],
                            multiprocess_mode="mostrecent")
+RETENTION_DELETED = Counter("trunkline_retention_deleted_total",
+                            "Records retention deleted, by kind (jobs, dead_letters, results)",
+                            ["kind"])
+RETENTION_LAST_RUN = Gauge("trunkline_retention_last_run_timestamp_seconds",
+                           "When retention last ran (Unix time)",
+                           multiprocess_mode="mostrecent")
+RETENTION_KEPT = Gauge("trunkline_retention_kept",
+                       "Records kept after the last retention run, by kind", ["kind"],
+                       multiprocess_mode="mostrecent")
+REDIS_USED_MEMORY = Gauge("trunkline_redis_used_memory_bytes",
+                          "Redis used_memory after the last retention run",
+                          multiprocess_mode="mostrecent")
 
 
 CELERY_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")

@@ -103,6 +103,11 @@ class Keys:
     def active(self) -> str:
         return f"{self.prefix}:jobs:active"
 
+    @property
+    def terminal(self) -> str:
+        """Finished jobs scored by when they finished: what retention walks, oldest first."""
+        return f"{self.prefix}:jobs:terminal"
+
     def jobs_by_org(self, org_id: str) -> str:
         return f"{self.prefix}:jobs:org:{org_id}"
 
@@ -239,7 +244,7 @@ return 1
 # the happy path's final write is one round trip.
 _FINISH = """
 -- KEYS: lock, job, active index, published marker, results stream, dead letters, in-flight,
---       number record ('' for none), org's number index ('' for none)
+--       number record ('' for none), org's number index ('' for none), terminal index
 -- ARGV: token, job json, job id, org id, status, payload, maxlen, dead-letter flag, now,
 --       record json ('' for none), record score, number, release the lock ('1' or '0')
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, ''} end
@@ -263,6 +268,7 @@ redis.call('SET', KEYS[4], id)
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZREM', KEYS[7], ARGV[3])
+redis.call('ZADD', KEYS[10], ARGV[9], ARGV[3])
 if ARGV[8] == '1' then redis.call('ZADD', KEYS[6], ARGV[9], ARGV[3]) end
 if ARGV[13] == '1' then redis.call('DEL', KEYS[1]) end
 return {1, id}
@@ -315,7 +321,8 @@ return 0
 
 class JobStore:
     def __init__(self, redis: Redis, *, keys: Keys | None = None, results_maxlen: int = 100_000,
-                 min_replicas: int = 0, replica_timeout_ms: int = 1000) -> None:
+                 min_replicas: int = 0, replica_timeout_ms: int = 1000,
+                 idempotency_ttl: int = IDEMPOTENCY_TTL_SECONDS) -> None:
         self.redis = redis
         self.keys = keys or Keys()
         self.results_maxlen = results_maxlen
@@ -324,6 +331,7 @@ class JobStore:
         # what the old primary had not yet sent.
         self.min_replicas = min_replicas
         self.replica_timeout_ms = replica_timeout_ms
+        self.idempotency_ttl = idempotency_ttl
         self._create_job = redis.register_script(_CREATE_JOB)
         self._save = redis.register_script(_SAVE_FENCED)
         self._put_number = redis.register_script(_PUT_NUMBER)
@@ -338,7 +346,8 @@ class JobStore:
     def for_settings(cls, redis: Redis, settings: Settings) -> JobStore:
         return cls(redis, results_maxlen=settings.results_maxlen,
                    min_replicas=settings.redis_min_replicas,
-                   replica_timeout_ms=settings.redis_replica_timeout_ms)
+                   replica_timeout_ms=settings.redis_replica_timeout_ms,
+                   idempotency_ttl=settings.idempotency_ttl_seconds)
 
     # --- jobs -------------------------------------------------------------------------
 
@@ -369,7 +378,7 @@ class JobStore:
                   self.keys.jobs_by_org(job.org_id), self.keys.in_flight(job.number),
                   message.queue_key if message else ""],
             args=[job.job_id, payload, job.request_fingerprint, deadline,
-                  job.created_at.timestamp(), IDEMPOTENCY_TTL_SECONDS,
+                  job.created_at.timestamp(), self.idempotency_ttl,
                   message.payload if message else ""],
         ))
         job_id, fingerprint, created = _text(raw[0]), _text(raw[1]), int(raw[2])
@@ -491,7 +500,8 @@ class JobStore:
                       self.keys.results, self.keys.dead_letters,
                       self.keys.in_flight(job.number),
                       self.keys.number(job.number) if with_record else "",
-                      self.keys.numbers_by_org(job.org_id) if with_record else ""],
+                      self.keys.numbers_by_org(job.org_id) if with_record else "",
+                      self.keys.terminal],
                 args=[token, job.model_dump_json(), job.job_id, job.org_id, job.state.value,
                       json.dumps(payload, separators=(",", ":"), default=str),
                       self.results_maxlen, "1" if dead_letter else "0", time.time(),

@@ -9,12 +9,14 @@ from celery import Celery
 
 from ops.reconcile import Reconciler
 from worker.observability import RECONCILE_FINDINGS
+from worker.retention import apply_and_observe
 from worker.runtime import RuntimeHolder
 
 log = logging.getLogger(__name__)
 
 PROVISION_TASK = "trunkline.provision"
 RECONCILE_TASK = "trunkline.reconcile"
+RETENTION_TASK = "trunkline.retention"
 
 
 def register_tasks(app: Celery, runtime: RuntimeHolder) -> None:
@@ -36,3 +38,13 @@ def register_tasks(app: Celery, runtime: RuntimeHolder) -> None:
             RECONCILE_FINDINGS.labels(kind).set(value)
         log.info("reconcile: %s", counts)
         return counts
+
+    @app.task(name=RETENTION_TASK, ignore_result=True, acks_late=False)
+    def retention() -> dict[str, int]:
+        rt = runtime.get()
+        # Half the soft limit: a long first run (the backfill, a backlog) stops between
+        # batches and the next scheduled run carries on.
+        report = apply_and_observe(rt.store, rt.settings,
+                                   budget_seconds=rt.settings.task_soft_time_limit / 2)
+        log.info("retention: deleted %s (complete: %s)", report.deleted, report.complete)
+        return report.deleted

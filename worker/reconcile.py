@@ -5,10 +5,12 @@ metadata (`worker.saga.tag`). Objects without that tag belong to someone else an
 looked at. A run reports three kinds of findings:
 
 * **orphans** - a tagged object that no phone-number record refers to, whose job is failed
-  (`job_failed`), unknown to the job store (`job_unknown`), or succeeded while its record is
-  gone (`no_record`) or refers to other objects (`not_in_record`, e.g. a duplicate from a
-  race). An object whose job is still `queued` or `running` is never an orphan: that job
-  may be mid-saga; it is counted as `in_flight`.
+  (`job_failed`), unknown to the job store (`job_unknown`: never stored here, or its finished
+  record deleted by retention), or succeeded while its record is gone (`no_record`) or refers
+  to other objects (`not_in_record`, e.g. a duplicate from a race). An object any record
+  refers to is owned, whatever became of its job: retention deletes old job records but keeps
+  the numbers' records. An object whose job is still `queued` or `running` is never an
+  orphan: that job may be mid-saga; it is counted as `in_flight`.
 * **missing** - a record whose inbound trunk, outbound trunk or dispatch rule is gone from
   LiveKit (confirmed by a direct read, so an object created after the listing is not one).
 * **drifted** - an object a record refers to that was changed outside Trunkline: outbound
@@ -25,21 +27,25 @@ more than `max_deletions` objects at once: many "unknown job" orphans usually me
 Trunkline deployment (another Redis) shares this LiveKit project.
 
 Scheduling: `Reconciler(livekit, store, vault).run()` returns a `Report`; `Report.counts()`
-gives the numbers to export as metrics.
+gives the numbers to export as metrics. The beat task and `trunkline reconcile` keep the last
+report's findings in Redis (`save_report`); `latest_report(redis)` reads them back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, cast
+
+from redis import Redis
 
 from worker.livekit import (
     DispatchRule,
@@ -49,15 +55,19 @@ from worker.livekit import (
     OutboundTrunk,
     SIPTransport,
 )
+from worker.observability import RECONCILE_FINDINGS
 from worker.records import Job, JobState, PhoneNumberRecord
 from worker.saga import read_tag
-from worker.store import JobStore, UnreadableRecord, load_job, raw_field
+from worker.store import JobStore, Keys, UnreadableRecord, load_job, raw_field
 from worker.vault import Vault, VaultError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DELETIONS = 50
 LOCK_SECONDS = 60.0
+# A saved report keeps this many findings per category (its summary keeps the true counts):
+# a LiveKit project shared by mistake can hold thousands of orphans.
+MAX_SAVED_FINDINGS = 500
 
 
 class Kind(StrEnum):
@@ -281,6 +291,7 @@ class Reconciler:
         for record in records:
             for kind, object_id in record_ids(record).items():
                 owner[object_id] = (kind, record)
+        referenced = set(owner)
         jobs: dict[str, Job | None] = {}
         tagged = 0
         for kind, object_id, obj in snapshot.objects():
@@ -301,7 +312,7 @@ class Reconciler:
                 continue  # not ours
             tagged += 1
             orphan = self._judge_unreferenced(kind, object_id, obj, found=found, jobs=jobs,
-                                              busy=busy)
+                                              busy=busy, referenced=referenced)
             if orphan is None:
                 continue
             if orphan.reason == "in_flight":
@@ -377,14 +388,15 @@ class Reconciler:
 
     def _judge_unreferenced(
         self, kind: Kind, object_id: str, obj: _LiveKitObject, *, found: dict[str, str],
-        jobs: dict[str, Job | None], busy: set[str],
+        jobs: dict[str, Job | None], busy: set[str], referenced: set[str],
     ) -> Finding | None:
         """An orphan finding, an in-flight marker (reason `in_flight`) or None (owned after all)."""
         job_id = found.get("job_id") or None
         number = found.get("number") or None
         org_id = found.get("org_id") or None
         job = self._job(job_id, jobs)
-        reason = self._orphan_reason(kind, object_id, job, number, busy)
+        reason = self._orphan_reason(kind, object_id, job, number, busy=busy,
+                                     referenced=referenced)
         if reason is None:
             return None
         return Finding(
@@ -395,11 +407,13 @@ class Reconciler:
         )
 
     def _orphan_reason(self, kind: Kind, object_id: str, job: Job | None,
-                       number: str | None, busy: set[str]) -> str | None:
+                       number: str | None, *, busy: set[str],
+                       referenced: set[str]) -> str | None:
+        """`referenced`: the ids every phone-number record refers to, as last read."""
         number = number or (job.number if job else None)
         if number in busy or (job is not None and not job.state.terminal):
             return "in_flight"
-        if self._referenced(kind, object_id, number):
+        if object_id in referenced or self._referenced(kind, object_id, number):
             return None
         if job is None:
             return "job_unknown"
@@ -469,6 +483,12 @@ class Reconciler:
         orphans = report.orphans
         if len(orphans) > self.max_deletions:
             raise TooManyDeletions(len(orphans), self.max_deletions)
+        if not orphans:
+            return []
+        # Read again: a record written since the report (a replay that adopted the object,
+        # a number of another tag) makes its objects owned.
+        referenced = {object_id for record in self._records()
+                      for object_id in record_ids(record).values()}
         by_number: dict[str | None, list[Finding]] = {}
         for orphan in orphans:
             by_number.setdefault(orphan.number, []).append(orphan)
@@ -481,7 +501,7 @@ class Reconciler:
                         done.append(Deletion(orphan, False, f"{number} is locked by a running "
                                                             "job; run reconcile again later"))
                         continue
-                    done.append(self._delete_one(orphan))
+                    done.append(self._delete_one(orphan, referenced))
         # Report rules first overall too, in the order they were handled within a number.
         done.sort(key=lambda d: _DELETE_ORDER[d.finding.kind])
         return done
@@ -500,7 +520,7 @@ class Reconciler:
         finally:
             self.store.release_number_lock(number, token)
 
-    def _delete_one(self, orphan: Finding) -> Deletion:
+    def _delete_one(self, orphan: Finding, referenced: set[str]) -> Deletion:
         # Checked again under the number lock: a job for the number may have been submitted,
         # or this one replayed, since the report.
         number = orphan.number
@@ -509,8 +529,8 @@ class Reconciler:
             job = self.store.get(orphan.job_id) if orphan.job_id else None
         except UnreadableRecord:
             return Deletion(orphan, False, "its job record does not load; left alone")
-        if self._orphan_reason(orphan.kind, orphan.livekit_id, job, orphan.number, busy) in (
-                None, "in_flight"):
+        if self._orphan_reason(orphan.kind, orphan.livekit_id, job, orphan.number, busy=busy,
+                               referenced=referenced) in (None, "in_flight"):
             return Deletion(orphan, False, "no longer an orphan (its job or record changed)")
         if orphan.kind is Kind.DISPATCH_RULE:
             try:
@@ -570,3 +590,58 @@ def _rule_drift(rule: DispatchRule, record: PhoneNumberRecord) -> list[FieldDrif
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- the latest report, kept in Redis -------------------------------------------------------
+
+
+def latest_report_key(keys: Keys) -> str:
+    return f"{keys.prefix}:reconcile:latest"
+
+
+def save_report(store: JobStore, report: Report, *, source: str,
+                deletions: Sequence[Deletion] = (),
+                clock: Callable[[], float] = time.time) -> dict[str, Any]:
+    """Keep `report` as the latest one (replacing the previous) and return what was kept.
+
+    The document is `Report.as_json()` (findings name ids, numbers, jobs and field names;
+    a changed password only as `secret: true`), with `source` (`beat`, `cli`), `saved_at`
+    and, after `--delete`, what was deleted. Each list keeps its first MAX_SAVED_FINDINGS
+    entries; `summary` keeps the full counts and `truncated` says which lists were cut.
+    """
+    document = report.as_json()
+    if deletions:
+        document["deleted"] = [d.as_json() for d in deletions]
+    truncated = [name for name in ("orphans", "missing", "drifted", "deleted")
+                 if len(document.get(name, ())) > MAX_SAVED_FINDINGS]
+    for name in truncated:
+        document[name] = document[name][:MAX_SAVED_FINDINGS]
+    document["truncated"] = truncated
+    document["source"] = source
+    document["saved_at"] = datetime.fromtimestamp(clock(), UTC).isoformat()
+    store.redis.set(latest_report_key(store.keys), json.dumps(document, separators=(",", ":")))
+    return document
+
+
+def scheduled_reconcile(livekit: LiveKitSIP, store: JobStore, vault: Vault) -> dict[str, int]:
+    """The beat task's work: a report, exported as metrics and kept as the latest one."""
+    report = Reconciler(livekit, store, vault).run()
+    save_report(store, report, source="beat")
+    counts = report.counts()
+    for kind, value in counts.items():
+        RECONCILE_FINDINGS.labels(kind).set(value)
+    return counts
+
+
+def latest_report(redis: Redis, keys: Keys | None = None) -> dict[str, Any] | None:
+    """The last saved report (`save_report`'s document), or None when none was saved or it
+    does not load (a report is advice, never worth failing a page over)."""
+    raw = redis.get(latest_report_key(keys or Keys()))
+    if raw is None:
+        return None
+    try:
+        document = json.loads(cast(bytes, raw))
+    except ValueError:
+        log.error("the saved reconcile report does not load; run reconcile again")
+        return None
+    return document if isinstance(document, dict) else None

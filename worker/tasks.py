@@ -7,8 +7,7 @@ from typing import Any
 
 from celery import Celery
 
-from ops.reconcile import Reconciler
-from worker.observability import RECONCILE_FINDINGS
+from worker.reconcile import scheduled_reconcile
 from worker.retention import apply_and_observe
 from worker.runtime import RuntimeHolder
 
@@ -33,9 +32,7 @@ def register_tasks(app: Celery, runtime: RuntimeHolder) -> None:
     @app.task(name=RECONCILE_TASK, ignore_result=True, acks_late=False)
     def reconcile() -> dict[str, int]:
         rt = runtime.get()
-        counts = Reconciler(rt.livekit, rt.store, rt.vault).run().counts()
-        for kind, value in counts.items():
-            RECONCILE_FINDINGS.labels(kind).set(value)
+        counts = scheduled_reconcile(rt.livekit, rt.store, rt.vault)
         log.info("reconcile: %s", counts)
         return counts
 

@@ -10,8 +10,15 @@ from rich.markup import escape
 
 from ops.commands import options
 from ops.context import EXIT_CONFIG, err, fail, ops_context, out
-from ops.reconcile import DEFAULT_MAX_DELETIONS, Deletion, Finding, Reconciler, Report
 from ops.views import cell, echo_json, table
+from worker.reconcile import (
+    DEFAULT_MAX_DELETIONS,
+    Deletion,
+    Finding,
+    Reconciler,
+    Report,
+    save_report,
+)
 
 
 def _findings_table(title: str, findings: list[Finding], detail: str) -> None:
@@ -75,11 +82,15 @@ def reconcile_command(
     succeeded without them; objects of queued/running jobs are left alone), missing objects
     (a record's trunk or rule is gone) and drifted ones (changed outside Trunkline: address,
     numbers, transport, credentials, allowed addresses, rule trunk ids, room prefix, agent).
-    Passwords are compared, never printed. Exit code 0 when clean, 1 when findings remain.
+    Passwords are compared, never printed. The findings are kept in Redis as the latest
+    report. Exit code 0 when clean, 1 when findings remain.
     """
     with ops_context() as ctx:
         reconciler = Reconciler(ctx.livekit, ctx.store, ctx.vault(), max_deletions=max_delete)
         report = reconciler.run()
+        # Kept before anything is asked or deleted: what was found stands even if the
+        # deletion is declined or fails.
+        save_report(ctx.store, report, source="cli")
         deletions: list[Deletion] = []
         if delete and report.orphans:
             if len(report.orphans) > max_delete:
@@ -93,6 +104,7 @@ def reconcile_command(
                 typer.confirm(f"Delete these {len(report.orphans)} orphans from LiveKit?",
                               abort=True, err=True)
             deletions = reconciler.delete_orphans(report)
+            save_report(ctx.store, report, source="cli", deletions=deletions)
     if as_json:
         document = report.as_json()
         if delete:

@@ -1,21 +1,45 @@
-"""Unit tests for ops.reconcile: orphans, missing and drifted objects, and deleting orphans."""
+"""Unit tests for worker.reconcile: orphans, missing and drifted objects, deleting orphans,
+and the latest report kept in Redis (saved by the beat task and `trunkline reconcile`)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
 
-from ops.reconcile import Category, Kind, Reconciler, TooManyDeletions
 from tests.ops.conftest import World
 from tests.worker.fake_livekit import PASSWORD
 from worker.livekit import DispatchRule, DispatchRuleSpec, OutboundTrunk, SIPTransport
+from worker.observability import RECONCILE_FINDINGS
+from worker.reconcile import (
+    MAX_SAVED_FINDINGS,
+    Category,
+    Finding,
+    Kind,
+    Reconciler,
+    Report,
+    TooManyDeletions,
+    latest_report,
+    latest_report_key,
+    save_report,
+    scheduled_reconcile,
+)
 from worker.records import JobState, StepName
-from worker.saga import make_tag
+from worker.saga import TAG_KEY, make_tag
+from worker.store import Keys
 
 A, B, C = "+15551230001", "+15551230002", "+15551230003"
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    # The `trunkline` command's world (tests/ops): the CLI saves reports too.
+    made = World(monkeypatch)
+    yield made
+    made.close()
 
 
 def reconciler(world: World, max_deletions: int = 50) -> Reconciler:
@@ -271,3 +295,138 @@ def test_report_json_shape(world: World) -> None:
     assert {"livekit_id", "number", "job_id", "kind", "reason"} <= set(item)
     assert document["summary"]["orphans"] == 1
     assert JobState.FAILED.value not in json.dumps(item)
+
+
+def forget_job(world: World, job_id: str) -> None:
+    """What retention does to a finished job: its record is deleted, the number's stays."""
+    assert world.redis.delete(world.store.keys.job(job_id)) == 1
+
+
+def test_objects_a_record_uses_stay_owned_after_their_job_record_is_deleted(
+        world: World) -> None:
+    """Retention deleted the job: its objects the record uses are owned, a stray one of the
+    same job is `job_unknown`, and deleting orphans removes the stray only."""
+    job = world.provision(A)
+    assert job.result is not None
+    stray = world.fake.seed_outbound(name="dup", address="x.example", numbers=[A],
+                                     metadata=tagged(job.job_id, A, StepName.OUTBOUND_TRUNK))
+    forget_job(world, job.job_id)
+
+    r = reconciler(world)
+    report = r.run()
+
+    assert [(f.livekit_id, f.reason, f.job_state) for f in report.orphans] == [
+        (stray, "job_unknown", None)]
+    assert report.missing == [] and report.drifted == []
+    assert [(d.finding.livekit_id, d.deleted) for d in r.delete_orphans(report)] == [
+        (stray, True)]
+    for object_id in (job.result.inbound_trunk_id, job.result.outbound_trunk_id):
+        assert object_id in world.fake.inbound or object_id in world.fake.outbound
+    assert job.result.dispatch_rule_id in world.fake.rules
+    assert r.run().clean
+
+
+def test_delete_leaves_an_unknown_jobs_object_a_record_took_since_the_report(
+        world: World) -> None:
+    """The job is gone and its tag names no number: once any record points at the object
+    (written after the report), it is owned and not deleted."""
+    job = world.provision(A)
+    assert job.result is not None
+    untagged_number = json.dumps({TAG_KEY: {"job_id": "job_gone", "org_id": "org_acme",
+                                            "step": StepName.OUTBOUND_TRUNK.value}})
+    adopted = world.fake.seed_outbound(name="adopted", address="x.example", numbers=[A],
+                                       metadata=untagged_number)
+    r = reconciler(world)
+    report = r.run()
+    assert [(f.livekit_id, f.reason, f.number) for f in report.orphans] == [
+        (adopted, "job_unknown", None)]
+
+    record = world.store.get_number(A)
+    assert record is not None
+    world.redis.set(world.store.keys.number(A),
+                    record.model_copy(update={"outbound_trunk_id": adopted}).model_dump_json())
+    deletions = r.delete_orphans(report)
+
+    assert [(d.deleted, d.detail) for d in deletions] == [
+        (False, "no longer an orphan (its job or record changed)")]
+    assert adopted in world.fake.outbound
+
+
+def test_latest_report_round_trips_findings_without_secrets(world: World) -> None:
+    """The saved report is the --json document plus when, by whom; never a password."""
+    assert latest_report(world.redis) is None
+    job = world.provision(A)
+    assert job.result is not None
+    trunk = world.livekit.get_outbound_trunk(job.result.outbound_trunk_id)
+    world.livekit.update_outbound_trunk(trunk.sip_trunk_id, trunk.model_copy(
+        update={"auth_password": SecretStr("Hand-Set-Pw-3391")}))
+    ghost = world.fake.seed_inbound(name="ghost", numbers=[C],
+                                    metadata=tagged("job_ghost", C, StepName.INBOUND_TRUNK))
+    report = reconciler(world).run()
+
+    saved = save_report(world.store, report, source="beat", clock=lambda: 1_700_000_000.0)
+    loaded = latest_report(world.redis)
+
+    assert loaded == saved
+    assert loaded["source"] == "beat" and loaded["saved_at"] == "2023-11-14T22:13:20+00:00"
+    assert loaded["summary"]["started_at"] == report.started_at.isoformat()
+    assert [f["livekit_id"] for f in loaded["orphans"]] == [ghost]
+    assert loaded["drifted"][0]["fields"] == [
+        {"field": "auth_password", "secret": True, "changed": True}]
+    assert loaded["truncated"] == [] and "deleted" not in loaded
+    raw = world.redis.get(latest_report_key(world.store.keys))
+    assert isinstance(raw, bytes)
+    assert b"Hand-Set-Pw-3391" not in raw and PASSWORD.encode() not in raw
+
+
+def test_a_saved_report_replaces_the_previous_and_keeps_counts_when_cut(world: World) -> None:
+    """Only the latest report is kept; a huge one keeps MAX_SAVED_FINDINGS per list and its
+    true counts."""
+    save_report(world.store, reconciler(world).run(), source="cli")
+    huge = Report(orphans=[
+        Finding(category=Category.ORPHAN, kind=Kind.DISPATCH_RULE, livekit_id=f"SDR_{index}",
+                number=C, job_id=f"job_ghost{index}", org_id="org_acme", reason="job_unknown")
+        for index in range(MAX_SAVED_FINDINGS + 1)])
+    save_report(world.store, huge, source="beat")
+
+    loaded = latest_report(world.redis)
+    assert loaded is not None and loaded["source"] == "beat"
+    assert len(loaded["orphans"]) == MAX_SAVED_FINDINGS
+    assert loaded["summary"]["orphans"] == MAX_SAVED_FINDINGS + 1
+    assert loaded["truncated"] == ["orphans"]
+
+
+def test_latest_report_that_does_not_load_reads_as_none(world: World) -> None:
+    """A damaged saved report is no report, not an error for the page that shows it."""
+    world.redis.set(latest_report_key(Keys()), b"{not json")
+    assert latest_report(world.redis) is None
+
+
+def test_trunkline_reconcile_saves_its_findings_and_deletions(world: World) -> None:
+    """`trunkline reconcile` saves what it found; with --delete, what it deleted too."""
+    ghost = world.fake.seed_inbound(name="ghost", numbers=[C],
+                                    metadata=tagged("job_ghost", C, StepName.INBOUND_TRUNK))
+    world.cli_json("reconcile")
+    found = latest_report(world.redis)
+    assert found is not None and found["source"] == "cli"
+    assert [f["livekit_id"] for f in found["orphans"]] == [ghost] and "deleted" not in found
+
+    result = world.cli("reconcile", "--delete", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    deleted = latest_report(world.redis)
+    assert deleted is not None
+    assert [(d["livekit_id"], d["deleted"]) for d in deleted["deleted"]] == [(ghost, True)]
+
+
+def test_the_scheduled_run_saves_its_report_and_sets_the_metrics(world: World) -> None:
+    """The beat task's run keeps its findings as the latest report and exports the counts."""
+    ghost = world.fake.seed_inbound(name="ghost", numbers=[C],
+                                    metadata=tagged("job_ghost", C, StepName.INBOUND_TRUNK))
+
+    counts = scheduled_reconcile(world.livekit, world.store, world.vault)
+
+    assert counts == {"orphans": 1, "missing": 0, "drifted": 0, "in_flight": 0}
+    assert RECONCILE_FINDINGS.labels("orphans")._value.get() == 1.0
+    saved = latest_report(world.redis)
+    assert saved is not None and saved["source"] == "beat"
+    assert [f["livekit_id"] for f in saved["orphans"]] == [ghost]

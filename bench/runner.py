@@ -609,38 +609,27 @@ class Bench:
 
     def phase_single(self, group: WorkerGroup) -> None:
         count = self.options.single_jobs
-        samples: dict[str, list[float]] = {"sequential": [], "concurrent": [], "pipeline": []}
-        kinds = list(samples)
         reader = ResultsReader(self._redis(), self.client.store.keys.results)
-        task = self._task(f"one at a time x{count} (x3 kinds)", count)
+
+        def sample(kind: str) -> tuple[Created, float] | None:
+            number = self.numbers.next()
+            if kind == "sequential":
+                return self.direct.sequential(number)
+            if kind == "concurrent":
+                return self.direct.concurrent(number)
+            started = time.perf_counter()
+            job_id = submit(self.client, self.org_id, bench_request(number))
+            event = self._wait_single(reader, group, job_id, "single")
+            if event.status != "succeeded":
+                return None
+            return Created.from_payload(event.payload), event.at - started
+
         load_before = machine.loadavg()
         try:
-            for i in range(count):
-                made: list[Created] = []
-                # Rotate the order so that none of the three always goes first.
-                for kind in kinds[i % 3:] + kinds[:i % 3]:
-                    number = self.numbers.next()
-                    if kind == "sequential":
-                        created, seconds = self.direct.sequential(number)
-                    elif kind == "concurrent":
-                        created, seconds = self.direct.concurrent(number)
-                    else:
-                        started = time.perf_counter()
-                        job_id = submit(self.client, self.org_id, bench_request(number))
-                        event = self._wait_single(reader, group, job_id, "single")
-                        seconds = event.at - started
-                        if event.status != "succeeded":
-                            continue
-                        created = Created.from_payload(event.payload)
-                    samples[kind].append(seconds * 1000)
-                    made.append(created)
-                # Untimed: every sample starts from the same (empty) LiveKit.
-                for created in made:
-                    delete_created(self.livekit, created)
-                self.progress.advance(task)
+            samples = self._interleaved(f"one at a time x{count} (x3 kinds)", count,
+                                        ["sequential", "concurrent", "pipeline"], sample)
         finally:
             reader.close()
-            self.progress.remove_task(task)
         pipe = samples["pipeline"]
         self.metrics["pipeline_single_p50_ms"] = percentile(pipe, 50)
         self.metrics["pipeline_single_p95_ms"] = percentile(pipe, 95)
@@ -655,6 +644,31 @@ class Bench:
             "direct_concurrent_ms": summary(samples["concurrent"]),
             "loadavg_before": load_before, "loadavg_after": machine.loadavg(),
         }
+
+    def _interleaved(self, label: str, count: int, kinds: list[str],
+                     sample: Callable[[str], tuple[Created, float] | None],
+                     ) -> dict[str, list[float]]:
+        """`count` rounds of one sample of each kind (ms), the order rotated so that none
+        always goes first; a sample returning None (its job failed) is left out."""
+        samples: dict[str, list[float]] = {kind: [] for kind in kinds}
+        task = self._task(label, count)
+        try:
+            for i in range(count):
+                made: list[Created] = []
+                for kind in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
+                    taken = sample(kind)
+                    if taken is None:
+                        continue
+                    created, seconds = taken
+                    samples[kind].append(seconds * 1000)
+                    made.append(created)
+                # Untimed: every sample starts from the same (empty) LiveKit.
+                for created in made:
+                    delete_created(self.livekit, created)
+                self.progress.advance(task)
+        finally:
+            self.progress.remove_task(task)
+        return samples
 
     def phase_noop(self) -> None:
         """The Celery floor: a no-op task through the same app, broker, settings and worker
@@ -716,9 +730,6 @@ class Bench:
                               self.log_dir / "api.log")
         self.api.start()
         api_url = self.api.url
-        samples: dict[str, list[float]] = {"http": [], "sequential": [], "accepted": []}
-        kinds = list(samples)
-        task = self._task(f"http one at a time x{count} (x3 kinds)", count)
         load_before = machine.loadavg()
         headers = {"X-API-KEY": key.api_key, "X-API-SECRET": key.api_secret}
         try:
@@ -726,25 +737,15 @@ class Bench:
                 # Untimed: the connection and the API's first-request work (imports, pools).
                 for _ in range(3):
                     self._http_sample(http, group)
-                for i in range(count):
-                    made: list[Created] = []
-                    for kind in kinds[i % 3:] + kinds[:i % 3]:
-                        if kind == "sequential":
-                            created, seconds = self.direct.sequential(self.numbers.next())
-                        else:
-                            sample = self._http_sample(http, group,
-                                                       respond_async=kind == "accepted")
-                            if sample is None:
-                                continue
-                            created, seconds = sample
-                        samples[kind].append(seconds * 1000)
-                        made.append(created)
-                    # Untimed: every sample starts from the same (empty) LiveKit.
-                    for created in made:
-                        delete_created(self.livekit, created)
-                    self.progress.advance(task)
+
+                def sample(kind: str) -> tuple[Created, float] | None:
+                    if kind == "sequential":
+                        return self.direct.sequential(self.numbers.next())
+                    return self._http_sample(http, group, respond_async=kind == "accepted")
+
+                samples = self._interleaved(f"http one at a time x{count} (x3 kinds)", count,
+                                            ["http", "sequential", "accepted"], sample)
         finally:
-            self.progress.remove_task(task)
             self.api.stop()
             self.api = None
         if not samples["http"]:

@@ -404,7 +404,7 @@ class JobStore:
             log.warning("%s", short)
         return result
 
-    def wait_for_replicas(self, pipe: Pipeline, what: str) -> None:
+    def wait_for_replicas(self, pipe: Pipeline) -> None:
         """Add WAIT to a pipeline about to run (its last reply), for acknowledged writes."""
         if self.min_replicas:
             pipe.wait(self.min_replicas, self.replica_timeout_ms)
@@ -640,7 +640,7 @@ class JobStore:
                     pipe.zadd(self.keys.in_flight(job.number), {job_id: deadline})
                     if message is not None:
                         pipe.lpush(message.queue_key, message.payload)
-                    self.wait_for_replicas(pipe, f"the replay of job {job_id}")
+                    self.wait_for_replicas(pipe)
                     replies = pipe.execute()
                     self.check_replicated(replies, f"the replay of job {job_id}")
                     return fresh

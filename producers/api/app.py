@@ -24,8 +24,10 @@ from fastapi import FastAPI
 
 from producers.api.admission import Admission
 from producers.api.answers import job_view
+from producers.api.docs import install_offline_docs
 from producers.api.errors import REDIS_DOWN, install_error_handlers
 from producers.api.metrics import MetricsMiddleware, metrics_endpoint
+from producers.api.ops_page import install_ops_page
 from producers.api.routes import health, jobs, numbers, provision, webhooks
 from producers.api.settings import ApiSettings
 from producers.api.state import ApiState, Probe
@@ -38,6 +40,7 @@ from worker.config import Settings
 from worker.livekit import LiveKitSIP
 from worker.runtime import redis_client
 from worker.store import JobStore
+from worker.tracing import instrument_api
 from worker.vault import Vault
 
 API_VERSION = "1.0.0"
@@ -134,11 +137,13 @@ def create_api(
         description="Every answer is the envelope `{message, status, error, data}`; errors "
         "carry `error: {code, message, field, retryable}`.",
         openapi_url="/openapi.json",
-        docs_url="/docs",
-        redoc_url="/redoc",
+        # /docs is served offline by install_offline_docs; FastAPI's own pages use a CDN.
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
     )
     app.state.trunkline = state
+    instrument_api(app)  # OpenTelemetry, when the OTEL_* variables ask for it
     install_error_handlers(app)
     for group in (provision, numbers, jobs, webhooks):
         app.include_router(group.router)
@@ -147,6 +152,9 @@ def create_api(
     app.add_api_route("/metrics", metrics_endpoint(client.store), methods=["GET"],
                       include_in_schema=False)
     app.include_router(health.router)
+    install_offline_docs(app, title=app.title)
+    install_ops_page(app, keys=state.keys, client=client, auth_failures=state.auth_failures,
+                     clock=clock)
     return app
 
 

@@ -1,0 +1,244 @@
+"""What the operators' page shows, read from the job store: pages of dead letters and jobs, a
+job's timeline, a number's history. Plain data for the templates; never a secret (jobs and
+records go through their `public_view`, which drops ciphertexts and fingerprints)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from ops.dlq import DeadLetter, DeadLetters
+from ops.paging import Page, zset_page
+from worker.records import Job, JobState, StepRecord, StepStatus
+from worker.store import JobStore, UnreadableRecord, load_job, raw_field
+
+MAX_PAGE = 100
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """One line of a job list: the job, or why its record does not load."""
+
+    job_id: str
+    job: Job | None
+    unreadable: str | None = None
+
+
+@dataclass(frozen=True)
+class StepLine:
+    name: str
+    status: str
+    # What the step did: created, adopted (found on LiveKit from an earlier run), ...
+    outcome: str
+    resource_id: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    seconds: float | None
+    # "run R, attempt N" of the delivery that finished (or last started) the step.
+    attempt: str | None
+
+
+@dataclass(frozen=True)
+class AttemptLine:
+    label: str
+    started_at: datetime
+    finished_at: datetime | None
+    seconds: float | None
+    error_code: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One row of the timeline drawing, in the drawing's units (0-1000 across)."""
+
+    label: str
+    kind: str
+    x: float
+    width: float
+    y: int
+
+
+@dataclass(frozen=True)
+class Timeline:
+    steps: list[StepLine]
+    attempts: list[AttemptLine]
+    bars: list[Bar]
+    start: datetime
+    end: datetime
+    height: int
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start).total_seconds()
+
+
+# The drawing: labels on the left, bars from LABEL_WIDTH to DRAWING_WIDTH.
+DRAWING_WIDTH = 1000
+LABEL_WIDTH = 260
+ROW_HEIGHT = 26
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return None if start is None or end is None else max(0.0, (end - start).total_seconds())
+
+
+def _outcome(name: str, step: StepRecord) -> str:
+    made = "found on LiveKit and adopted" if step.adopted else "created"
+    if name == "phone_number" and not step.adopted:
+        made = "record written"
+    if step.status is StepStatus.DONE:
+        return made
+    if step.status is StepStatus.COMPENSATED:
+        return f"{made}, then deleted by compensation"
+    if step.status is StepStatus.STARTED:
+        return "started; outcome not known yet (a later run looks for it before creating)"
+    return "not run"
+
+
+def _runs(job: Job) -> list[str]:
+    """A label per attempt: attempt numbers start again at 1 on each replay (a new run)."""
+    labels: list[str] = []
+    restarts = sum(1 for before, after in zip(job.history, job.history[1:], strict=False)
+                   if after.number <= before.number)
+    run = max(1, job.run - restarts)
+    previous = 0
+    for attempt in job.history:
+        if attempt.number <= previous:
+            run += 1
+        previous = attempt.number
+        labels.append(f"run {run}, attempt {attempt.number}")
+    return labels
+
+
+def _attempt_of(moment: datetime | None, job: Job, labels: list[str]) -> str | None:
+    """The attempt during which `moment` fell: the last one that had started by then."""
+    if moment is None:
+        return None
+    found = None
+    for attempt, label in zip(job.history, labels, strict=True):
+        if attempt.started_at <= moment:
+            found = label
+    return found
+
+
+def timeline(job: Job, now: datetime | None = None) -> Timeline:
+    """The job's steps and attempts in time, with a drawing of both."""
+    now = now or datetime.now(UTC)
+    labels = _runs(job)
+    steps = [
+        StepLine(name=name.value, status=step.status.value, outcome=_outcome(name.value, step),
+                 resource_id=step.resource_id, started_at=step.started_at,
+                 finished_at=step.finished_at,
+                 seconds=_seconds(step.started_at, step.finished_at),
+                 attempt=_attempt_of(step.finished_at or step.started_at, job, labels))
+        for name, step in job.steps.items()
+    ]
+    attempts = [
+        AttemptLine(label=label, started_at=attempt.started_at, finished_at=attempt.finished_at,
+                    seconds=_seconds(attempt.started_at, attempt.finished_at),
+                    error_code=attempt.error.code if attempt.error else None,
+                    error_message=attempt.error.message if attempt.error else None)
+        for attempt, label in zip(job.history, labels, strict=True)
+    ]
+    start = job.created_at
+    moments = [job.finished_at, job.updated_at, *(a.finished_at for a in attempts),
+               *(s.finished_at for s in steps), *(s.started_at for s in steps)]
+    end = max([m for m in moments if m is not None] + [start])
+    if not job.state.terminal:
+        end = max(end, now)
+    span = max((end - start).total_seconds(), 0.001)
+    scale = (DRAWING_WIDTH - LABEL_WIDTH) / span
+
+    def bar(label: str, kind: str, begin: datetime, finish: datetime | None, row: int) -> Bar:
+        x = LABEL_WIDTH + max(0.0, (begin - start).total_seconds()) * scale
+        stop = LABEL_WIDTH + max(0.0, ((finish or end) - start).total_seconds()) * scale
+        return Bar(label=label, kind=kind, x=round(x, 1), width=round(max(stop - x, 2.0), 1),
+                   y=row * ROW_HEIGHT)
+
+    bars = [bar(line.label, "attempt-failed" if line.error_code else "attempt",
+                line.started_at, line.finished_at, row)
+            for row, line in enumerate(attempts)]
+    for line in steps:
+        if line.started_at is not None:
+            kind = "step-adopted" if "adopted" in line.outcome else f"step-{line.status}"
+            bars.append(bar(line.name, kind, line.started_at, line.finished_at, len(bars)))
+    return Timeline(steps=steps, attempts=attempts, bars=bars, start=start, end=end,
+                    height=max(1, len(bars)) * ROW_HEIGHT)
+
+
+class OpsData:
+    """The store, as the page reads it: a page at a time, newest first."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.letters = DeadLetters(store)
+
+    def dead_letters(self, cursor: str | None, limit: int) -> Page[DeadLetter]:
+        """Dead letters, newest first; ops.paging.BadCursor for a cursor not made here."""
+        def load(ids: list[str]) -> list[DeadLetter | None]:
+            # A job replayed since the page was listed has left the list: get() is None.
+            return [self.letters.get(job_id) for job_id in ids]
+
+        return zset_page(self.store.redis, [self.store.keys.dead_letters], cursor=cursor,
+                         limit=limit, load=load)
+
+    def dead_letter_count(self) -> int:
+        return self.letters.count()
+
+    def _job_indexes(self, org: str | None) -> list[str]:
+        if org:
+            return [self.store.keys.jobs_by_org(org)]
+        pattern = self.store.keys.jobs_by_org("*")
+        return sorted(_text(key) for key in self.store.redis.scan_iter(match=pattern, count=500))
+
+    def _rows(self, keep: Callable[[bytes], bool],
+              state: JobState | None) -> Callable[[list[str]], list[JobRow | None]]:
+        def load(ids: list[str]) -> list[JobRow | None]:
+            raws = cast(list[bytes | None],
+                        self.store.redis.mget([self.store.keys.job(i) for i in ids]))
+            rows: list[JobRow | None] = []
+            for job_id, raw in zip(ids, raws, strict=True):
+                if raw is None or not keep(raw):
+                    rows.append(None)
+                    continue
+                try:
+                    job = load_job(job_id, raw)
+                except UnreadableRecord as unreadable:
+                    rows.append(None if state else JobRow(job_id, None, unreadable.reason))
+                    continue
+                rows.append(JobRow(job_id, job) if state in (None, job.state) else None)
+            return rows
+
+        return load
+
+    def jobs(self, cursor: str | None, limit: int, *, org: str | None = None,
+             state: JobState | None = None) -> Page[JobRow]:
+        """Every organisation's jobs (or one's), newest first."""
+        return zset_page(self.store.redis, self._job_indexes(org), cursor=cursor, limit=limit,
+                         load=self._rows(lambda raw: True, state))
+
+    def number_jobs(self, number: str, cursor: str | None, limit: int) -> Page[JobRow]:
+        """Every job for `number`, whichever organisation sent it, newest first.
+
+        There is no index by number: this reads the job indexes of every organisation, newest
+        first, until the page is full, matching the number in the stored bytes before parsing.
+        """
+        return zset_page(self.store.redis, self._job_indexes(None), cursor=cursor, limit=limit,
+                         load=self._rows(lambda raw: raw_field(raw, "number") == number, None))
+
+    def job(self, job_id: str) -> Job | None:
+        return self.store.get(job_id)
+
+    def number_record(self, number: str) -> dict[str, Any] | None:
+        record = self.store.get_number(number)
+        return None if record is None else record.public_view()
+
+    def in_flight(self, number: str) -> list[str]:
+        return self.store.jobs_in_flight(number)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -16,9 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -34,6 +32,7 @@ from tests.integration.conftest import (
     WorkerFactory,
     wait_for,
 )
+from tests.support.sentinel import SentinelGroup, sentinel_group
 from worker.livekit import LiveKitSIP
 from worker.records import JobState
 from worker.store import Keys
@@ -47,40 +46,9 @@ SENTINEL_DEFAULTS = {
 }
 CREATE = "/api/sio/createSipTrunkDispatch"
 RECONCILE_LINE = re.compile(r'"event": "reconcile: ')
-DB = 2
 # Bounds, not expectations: a clean failover on loopback takes about a second.
 FAILOVER_BOUND = 30.0
 JOB_BOUND = 60.0
-
-
-@dataclass(frozen=True)
-class SentinelGroup:
-    master: str
-    data_ports: tuple[int, int]
-    sentinel_ports: tuple[int, ...]
-
-    @property
-    def env(self) -> dict[str, str]:
-        """Trunkline's settings for this group; REDIS_URL is dead on purpose."""
-        return {
-            "TRUNKLINE_REDIS_SENTINELS": ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
-            "TRUNKLINE_REDIS_SENTINEL_MASTER": self.master,
-            "TRUNKLINE_REDIS_DB": str(DB),
-            "REDIS_URL": "redis://127.0.0.1:1/0",
-        }
-
-    def server(self, port: int) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=port, db=DB, socket_timeout=5)
-
-    def role(self, port: int) -> str:
-        with self.server(port) as conn:
-            reply: Any = conn.execute_command("ROLE")
-            return str(reply[0].decode())
-
-    def primary_named_by(self, sentinel_port: int) -> int:
-        with redis.Redis(host="127.0.0.1", port=sentinel_port, socket_timeout=5) as conn:
-            reply: Any = conn.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master)
-            return int(reply[1])
 
 
 def _script_env() -> dict[str, str]:
@@ -90,26 +58,11 @@ def _script_env() -> dict[str, str]:
     return env
 
 
-def _sentinel_script(command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(REPO / "ops" / "sentinel.sh"), command],
-                          env=_script_env(), capture_output=True, text=True, check=False,
-                          timeout=120)
-
-
 @pytest.fixture(scope="module")
 def group(stack: Stack) -> Iterator[SentinelGroup]:
     """A fresh group (down, then up), stopped after the module."""
-    _sentinel_script("down")
-    up = _sentinel_script("up")
-    if up.returncode != 0:
-        pytest.fail(f"ops/sentinel.sh up failed:\n{up.stdout}\n{up.stderr}")
-    env = _script_env()
-    data = tuple(int(p) for p in env["TRUNKLINE_SENTINEL_REDIS_PORTS"].split(","))
-    sentinels = tuple(int(p) for p in env["TRUNKLINE_SENTINEL_PORTS"].split(","))
-    assert len(data) == 2
-    made = SentinelGroup(env["TRUNKLINE_SENTINEL_MASTER"], (data[0], data[1]), sentinels)
-    yield made
-    _sentinel_script("down")
+    with sentinel_group(_script_env()) as made:
+        yield made
 
 
 def trunkline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -22,6 +22,7 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
+from worker import tracing
 from worker.app import create_app
 from worker.config import Settings
 from worker.contract import (
@@ -289,10 +290,14 @@ class ProvisioningClient:
     def _store_and_enqueue(self, job: Job, idempotency_key: str | None) -> str:
         # The record and its message are written together: from now on only a lost message
         # or a dead worker can stall the job, which the sweeper sees at the deadline.
-        job_id, _created = self.store.create(
-            job, deadline=time.time() + self.settings.visibility_timeout,
-            idempotency_key=idempotency_key, message=self.messages.provision(job.job_id),
-        )
+        with tracing.enqueue_span(job) as span:
+            # The message carries only the job id: the worker finds the trace in the record.
+            job.trace_context = tracing.current_trace_context()
+            job_id, created = self.store.create(
+                job, deadline=time.time() + self.settings.visibility_timeout,
+                idempotency_key=idempotency_key, message=self.messages.provision(job.job_id),
+            )
+            tracing.note_enqueued(span, job_id, created)
         return job_id
 
     def replay(self, job_id: str) -> Job:

@@ -6,12 +6,13 @@ hold a plaintext password: only its Fernet ciphertext.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from worker.contract import ChangeRequest, ProvisionRequest, Transport
 from worker.vault import Vault
@@ -175,6 +176,53 @@ class Attempt(BaseModel):
     error: JobError | None = None
 
 
+# W3C Trace Context (https://www.w3.org/TR/trace-context/), version 00 as OpenTelemetry writes
+# it: lower-case hex, neither id all zeros.
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACESTATE_MEMBER = re.compile(
+    r"(?:[a-z][_0-9a-z*/-]{0,255}|[a-z0-9][_0-9a-z*/-]{0,240}@[a-z][_0-9a-z*/-]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+TRACESTATE_MAX_MEMBERS = 32
+# The specification asks carriers to pass at least 512 characters on; more would only grow
+# every job record.
+TRACESTATE_MAX_LENGTH = 512
+
+
+class TraceContext(BaseModel):
+    """The trace a job belongs to, as W3C `traceparent`/`tracestate` headers would carry it.
+
+    The broker message carries only the job id, so the context travels in the record.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    traceparent: str
+    tracestate: str | None = None
+
+    @field_validator("traceparent")
+    @classmethod
+    def _valid_traceparent(cls, value: str) -> str:
+        if not _TRACEPARENT.fullmatch(value):
+            raise ValueError("traceparent must be a W3C version-00 traceparent "
+                             "(00-<32 hex>-<16 hex>-<2 hex>, ids not all zeros)")
+        return value
+
+    @field_validator("tracestate")
+    @classmethod
+    def _valid_tracestate(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if len(value) > TRACESTATE_MAX_LENGTH:
+            raise ValueError(f"tracestate is longer than {TRACESTATE_MAX_LENGTH} characters")
+        members = [member.strip(" \t") for member in value.split(",")]
+        members = [member for member in members if member]
+        if not members or len(members) > TRACESTATE_MAX_MEMBERS:
+            raise ValueError(f"tracestate must hold 1 to {TRACESTATE_MAX_MEMBERS} members")
+        if not all(_TRACESTATE_MEMBER.fullmatch(member) for member in members):
+            raise ValueError("tracestate must be W3C list-members (key=value, comma-separated)")
+        return value
+
+
 class Job(BaseModel):
     schema_version: int = SCHEMA_VERSION
     job_id: str
@@ -207,6 +255,8 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = None
+    # The submit's trace: every delivery's run span continues it (worker/tracing.py).
+    trace_context: TraceContext | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from worker import tracing
 from worker.config import Settings
 from worker.livekit.deadline import NoTimeLeft, calls_end_by
 from worker.observability import JOBS, RETRIES, bound_job
@@ -128,6 +129,7 @@ class JobRunner:
         )
 
     def run(self, job_id: str) -> Outcome:
+        started_ns = time.time_ns()  # the run's span covers the claim too
         token = f"{job_id}:{uuid.uuid4().hex}"
         # Read before the claim: the lock Redis grants expires no earlier than this.
         lease_ends = time.monotonic() + self.settings.lease_seconds
@@ -136,17 +138,23 @@ class JobRunner:
         job = self._claimed_job(job_id, claim, token)
         if isinstance(job, Outcome):
             return job
-        with bound_job(job_id=job_id, org_id=job.org_id, kind=job.kind.value):
-            if claim.status is ClaimStatus.LOCKED:
-                return self._wait_for_lock(job, claim.holder, claim.remaining)
-            if claim.status is ClaimStatus.UNPARSED:
-                # Redis' JSON reader refused what pydantic reads: take the lock the long way.
-                if not self.store.acquire_number_lock(job.number, token,
-                                                      self.settings.lease_seconds):
-                    return self._wait_for_lock(job, *self.store.number_lock_holder(job.number))
-                return self._run_claimed(job, token, lambda: self.store.get_number(job.number),
-                                         lease_ends)
-            return self._run_claimed(job, token, claim.number_record, lease_ends)
+        with (bound_job(job_id=job_id, org_id=job.org_id, kind=job.kind.value),
+              tracing.run_span(job, started_ns) as span):
+            outcome = self._deliver(job, claim, token, lease_ends)
+            tracing.note_outcome(span, job, outcome.kind, outcome.detail)
+            return outcome
+
+    def _deliver(self, job: Job, claim: Claim, token: str, lease_ends: float) -> Outcome:
+        if claim.status is ClaimStatus.LOCKED:
+            return self._wait_for_lock(job, claim.holder, claim.remaining)
+        if claim.status is ClaimStatus.UNPARSED:
+            # Redis' JSON reader refused what pydantic reads: take the lock the long way.
+            if not self.store.acquire_number_lock(job.number, token,
+                                                  self.settings.lease_seconds):
+                return self._wait_for_lock(job, *self.store.number_lock_holder(job.number))
+            return self._run_claimed(job, token, lambda: self.store.get_number(job.number),
+                                     lease_ends)
+        return self._run_claimed(job, token, claim.number_record, lease_ends)
 
     def _claimed_job(self, job_id: str, claim: Claim, token: str) -> Job | Outcome:
         """The claimed job, or the Outcome of a delivery that has nothing to run."""
@@ -333,10 +341,12 @@ class JobRunner:
             job.history[-1].finished_at = job.finished_at
         self.hooks.reached("before_finish", job)
         run = self._runs.get(token)
-        published, event_id = self.store.finish(
-            job, token, payload=event_payload(job), dead_letter=job.dead_lettered,
-            record=record, release=run is not None,
-        )
+        with tracing.event_span(job) as span:
+            published, event_id = self.store.finish(
+                job, token, payload=event_payload(job), dead_letter=job.dead_lettered,
+                record=record, release=run is not None,
+            )
+            tracing.note_event(span, event_id, published)
         if run is not None:
             run.released = True
         log.info("job %s %s (event %s%s)", job.job_id, state.value, event_id,

@@ -26,6 +26,7 @@ from worker.records import JobKind
 from worker.runner import JobRunner, Saga
 from worker.saga import ProvisioningSaga
 from worker.store import JobStore
+from worker.tracing import SERVICE_WORKER, configure_tracing
 from worker.vault import Vault
 
 
@@ -48,6 +49,8 @@ class Runtime:
     ) -> Runtime:
         settings.require_secret_keys()
         settings.require_livekit()
+        # Per process, like the clients: a prefork child exports its spans from its own thread.
+        configure_tracing(SERVICE_WORKER)
         client = redis_client(settings)
         store = JobStore.for_settings(client, settings)
         vault = Vault(settings.secret_keys)

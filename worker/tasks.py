@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
+from worker import tracing
 from worker.reconcile import scheduled_reconcile
 from worker.retention import apply_and_observe
 from worker.runtime import RuntimeHolder
@@ -18,7 +19,15 @@ RECONCILE_TASK = "trunkline.reconcile"
 RETENTION_TASK = "trunkline.retention"
 
 
+def _flush_traces(**_: Any) -> None:
+    tracing.flush()
+
+
 def register_tasks(app: Celery, runtime: RuntimeHolder) -> None:
+    # A prefork child leaves with os._exit, past the tracing SDK's atexit hook.
+    signals.worker_process_shutdown.connect(_flush_traces, weak=False,
+                                            dispatch_uid="trunkline-traces")
+
     # max_retries=None: the attempt limit is the job record's, not Celery's message counter.
     @app.task(name=PROVISION_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
               ignore_result=True, max_retries=None)

@@ -411,8 +411,8 @@ def test_reconcile_view_shows_the_latest_report_or_says_there_is_none(ops: Ops) 
 
 
 def test_timeline_says_what_each_step_did_and_in_which_attempt() -> None:
-    """Created vs adopted, undone by compensation, not run; attempts numbered per run (a
-    replay starts again at 1), each step placed in the attempt it finished in."""
+    """Created vs adopted, undone by compensation, not run; each step placed in the attempt it
+    finished in; the wait before each attempt; one band per attempt in the drawing."""
     start = datetime(2026, 12, 1, 21, 0, tzinfo=UTC)
 
     def at(seconds: float) -> datetime:
@@ -429,11 +429,11 @@ def test_timeline_says_what_each_step_did_and_in_which_attempt() -> None:
                  Attempt(number=2, started_at=at(2), finished_at=at(3),
                          error=JobError(code="number_conflict", message="held",
                                         retryable=False)),
-                 Attempt(number=1, started_at=at(10), finished_at=at(12))],
+                 Attempt(number=3, started_at=at(10), finished_at=at(12))],
         steps={
             StepName.INBOUND_TRUNK: StepRecord(status=StepStatus.DONE, resource_id="ST_in",
-                                               adopted=True, started_at=at(10.1),
-                                               finished_at=at(10.4)),
+                                               adopted=True, started_at=at(10.5),
+                                               finished_at=at(11)),
             StepName.OUTBOUND_TRUNK: StepRecord(status=StepStatus.DONE, resource_id="ST_out",
                                                 started_at=at(0.1), finished_at=at(0.6)),
             StepName.DISPATCH_RULE: StepRecord(status=StepStatus.COMPENSATED,
@@ -447,23 +447,25 @@ def test_timeline_says_what_each_step_did_and_in_which_attempt() -> None:
 
     steps = {s.name: (s.outcome, s.attempt, s.seconds) for s in drawn.steps}
     assert steps == {
-        "inbound_trunk": ("found on LiveKit and adopted", "run 2, attempt 1", pytest.approx(0.3)),
-        "outbound_trunk": ("created", "run 1, attempt 1", pytest.approx(0.5)),
-        "dispatch_rule": ("created, then deleted by compensation", "run 1, attempt 2",
-                          pytest.approx(0.1)),
+        "inbound_trunk": ("found on LiveKit and adopted", 3, pytest.approx(0.5)),
+        "outbound_trunk": ("created", 1, pytest.approx(0.5)),
+        "dispatch_rule": ("created, then deleted by compensation", 2, pytest.approx(0.1)),
         "phone_number": ("not run", None, None),
     }
-    assert [a.label for a in drawn.attempts] == ["run 1, attempt 1", "run 1, attempt 2",
-                                                 "run 2, attempt 1"]
-    assert [a.error_code for a in drawn.attempts] == ["livekit_timeout", "number_conflict", None]
+    assert [(a.number, a.error_code, a.waited) for a in drawn.attempts] == [
+        (1, "livekit_timeout", None), (2, "number_conflict", pytest.approx(1)),
+        (3, None, pytest.approx(7))]
     assert drawn.seconds == pytest.approx(12)
-    kinds = [(bar.label, bar.kind) for bar in drawn.bars]
-    assert kinds == [("run 1, attempt 1", "attempt-failed"), ("run 1, attempt 2", "attempt-failed"),
-                     ("run 2, attempt 1", "attempt"), ("inbound_trunk", "step-adopted"),
-                     ("outbound_trunk", "step-done"), ("dispatch_rule", "step-compensated")]
-    later = [bar.x for bar in drawn.bars[:3]]
-    assert later == sorted(later) and drawn.bars[2].x + drawn.bars[2].width == pytest.approx(
-        1000, abs=0.5)
+    assert [(bar.label, bar.kind) for bar in drawn.bars] == [
+        ("attempt 1 · 1.00 s", "attempt-failed"), ("  outbound_trunk · 500 ms", "step-done"),
+        ("attempt 2 · 1.00 s", "attempt-failed"),
+        ("  dispatch_rule · 100 ms", "step-compensated"),
+        ("attempt 3 · 2.00 s", "attempt"), ("  inbound_trunk · 500 ms", "step-adopted")]
+    band, adopted = drawn.bars[4], drawn.bars[5]
+    # Within attempt 3 (2 s), the adopted step starts a quarter in and takes a quarter.
+    assert adopted.x == pytest.approx(band.x + band.width / 4)
+    assert adopted.width == pytest.approx(band.width / 4)
+    assert [bar.y for bar in drawn.bars] == sorted({bar.y for bar in drawn.bars})
 
 
 # --------------------------------------------------------------------------- pieces

@@ -36,23 +36,26 @@ class StepLine:
     started_at: datetime | None
     finished_at: datetime | None
     seconds: float | None
-    # "run R, attempt N" of the delivery that finished (or last started) the step.
-    attempt: str | None
+    # The attempt (its number in the job's history) that finished, or last started, the step.
+    attempt: int | None
 
 
 @dataclass(frozen=True)
 class AttemptLine:
-    label: str
+    number: int
     started_at: datetime
     finished_at: datetime | None
     seconds: float | None
+    # Since the previous attempt ended: the backoff, or the time until a replay.
+    waited: float | None
     error_code: str | None
     error_message: str | None
 
 
 @dataclass(frozen=True)
 class Bar:
-    """One row of the timeline drawing, in the drawing's units (0-1000 across)."""
+    """One row of the timeline drawing, in the drawing's units (0-1000 across): an attempt
+    spans the width; its steps are placed in it by their share of its time."""
 
     label: str
     kind: str
@@ -98,74 +101,69 @@ def _outcome(name: str, step: StepRecord) -> str:
     return "not run"
 
 
-def _runs(job: Job) -> list[str]:
-    """A label per attempt: attempt numbers start again at 1 on each replay (a new run)."""
-    labels: list[str] = []
-    restarts = sum(1 for before, after in zip(job.history, job.history[1:], strict=False)
-                   if after.number <= before.number)
-    run = max(1, job.run - restarts)
-    previous = 0
-    for attempt in job.history:
-        if attempt.number <= previous:
-            run += 1
-        previous = attempt.number
-        labels.append(f"run {run}, attempt {attempt.number}")
-    return labels
-
-
-def _attempt_of(moment: datetime | None, job: Job, labels: list[str]) -> str | None:
+def _attempt_of(moment: datetime | None, job: Job) -> int | None:
     """The attempt during which `moment` fell: the last one that had started by then."""
     if moment is None:
         return None
     found = None
-    for attempt, label in zip(job.history, labels, strict=True):
+    for attempt in job.history:
         if attempt.started_at <= moment:
-            found = label
+            found = attempt.number
     return found
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "running"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
 def timeline(job: Job, now: datetime | None = None) -> Timeline:
-    """The job's steps and attempts in time, with a drawing of both."""
+    """The job's steps and attempts in time, with a drawing: one band per attempt, its steps
+    placed within it (a step takes milliseconds, a backoff between attempts seconds, so one
+    scale for the whole job would show the steps as slivers)."""
     now = now or datetime.now(UTC)
-    labels = _runs(job)
     steps = [
         StepLine(name=name.value, status=step.status.value, outcome=_outcome(name.value, step),
                  resource_id=step.resource_id, started_at=step.started_at,
                  finished_at=step.finished_at,
                  seconds=_seconds(step.started_at, step.finished_at),
-                 attempt=_attempt_of(step.finished_at or step.started_at, job, labels))
+                 attempt=_attempt_of(step.finished_at or step.started_at, job))
         for name, step in job.steps.items()
     ]
     attempts = [
-        AttemptLine(label=label, started_at=attempt.started_at, finished_at=attempt.finished_at,
+        AttemptLine(number=attempt.number, started_at=attempt.started_at,
+                    finished_at=attempt.finished_at,
                     seconds=_seconds(attempt.started_at, attempt.finished_at),
+                    waited=_seconds(before.finished_at, attempt.started_at) if before else None,
                     error_code=attempt.error.code if attempt.error else None,
                     error_message=attempt.error.message if attempt.error else None)
-        for attempt, label in zip(job.history, labels, strict=True)
+        for before, attempt in zip([None, *job.history], job.history, strict=False)
     ]
-    start = job.created_at
     moments = [job.finished_at, job.updated_at, *(a.finished_at for a in attempts),
                *(s.finished_at for s in steps), *(s.started_at for s in steps)]
-    end = max([m for m in moments if m is not None] + [start])
+    end = max([m for m in moments if m is not None] + [job.created_at])
     if not job.state.terminal:
         end = max(end, now)
-    span = max((end - start).total_seconds(), 0.001)
-    scale = (DRAWING_WIDTH - LABEL_WIDTH) / span
-
-    def bar(label: str, kind: str, begin: datetime, finish: datetime | None, row: int) -> Bar:
-        x = LABEL_WIDTH + max(0.0, (begin - start).total_seconds()) * scale
-        stop = LABEL_WIDTH + max(0.0, ((finish or end) - start).total_seconds()) * scale
-        return Bar(label=label, kind=kind, x=round(x, 1), width=round(max(stop - x, 2.0), 1),
-                   y=row * ROW_HEIGHT)
-
-    bars = [bar(line.label, "attempt-failed" if line.error_code else "attempt",
-                line.started_at, line.finished_at, row)
-            for row, line in enumerate(attempts)]
-    for line in steps:
-        if line.started_at is not None:
-            kind = "step-adopted" if "adopted" in line.outcome else f"step-{line.status}"
-            bars.append(bar(line.name, kind, line.started_at, line.finished_at, len(bars)))
-    return Timeline(steps=steps, attempts=attempts, bars=bars, start=start, end=end,
+    width = DRAWING_WIDTH - LABEL_WIDTH
+    bars: list[Bar] = []
+    for line in attempts:
+        begin, finish = line.started_at, line.finished_at or end
+        span = max((finish - begin).total_seconds(), 0.001)
+        bars.append(Bar(label=f"attempt {line.number} · {_duration(line.seconds)}",
+                        kind="attempt-failed" if line.error_code else "attempt",
+                        x=LABEL_WIDTH, width=width, y=len(bars) * ROW_HEIGHT))
+        for step in steps:
+            if step.attempt != line.number or step.started_at is None:
+                continue
+            offset = min(max(0.0, (step.started_at - begin).total_seconds()) / span, 1.0)
+            share = (step.seconds or 0.0) / span
+            kind = "step-adopted" if "adopted" in step.outcome else f"step-{step.status}"
+            bars.append(Bar(label=f"  {step.name} · {_duration(step.seconds)}", kind=kind,
+                            x=round(LABEL_WIDTH + offset * width, 1),
+                            width=round(max(2.0, min(share, 1.0 - offset) * width), 1),
+                            y=len(bars) * ROW_HEIGHT))
+    return Timeline(steps=steps, attempts=attempts, bars=bars, start=job.created_at, end=end,
                     height=max(1, len(bars)) * ROW_HEIGHT)
 
 

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
+from redis.commands.core import Script
 from redis.exceptions import ResponseError
 
 from worker.config import Settings
@@ -102,12 +103,12 @@ return {#ids, deleted, dead_lettered, skipped}
 # Dead letters due by the dead-letter set; the job record goes with its dead letter.
 _EXPIRE_DEAD_LETTERS = _FORGET + """
 -- KEYS: dead letters, active index
--- ARGV: cutoff, limit, offset, dry run ('1'), key prefix
+-- ARGV: cutoff, limit, offset, now (unused), dry run ('1'), key prefix
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', ARGV[3], ARGV[2])
-local dry = ARGV[4] == '1'
+local dry = ARGV[5] == '1'
 local deleted, skipped = 0, 0
 for _, id in ipairs(ids) do
-  local raw = redis.call('GET', ARGV[5] .. ':job:' .. id)
+  local raw = redis.call('GET', ARGV[6] .. ':job:' .. id)
   local ok, job = false, nil
   if raw then ok, job = pcall(cjson.decode, raw) end
   if redis.call('ZSCORE', KEYS[2], id) or (ok and type(job) == 'table' and not finished(job)) then
@@ -122,14 +123,14 @@ for _, id in ipairs(ids) do
         job = {org_id = string.match(raw, '"org_id"%s*:%s*"([^"]*)"'),
                number = string.match(raw, '"number"%s*:%s*"([^"]*)"')}
       end
-      forget(ARGV[5], id, job)
+      forget(ARGV[6], id, job)
     elseif not dry then
-      redis.call('HDEL', ARGV[5] .. ':unreadable', id)
+      redis.call('HDEL', ARGV[6] .. ':unreadable', id)
     end
   end
   if not dry then redis.call('ZREM', KEYS[1], id) end
 end
-return {#ids, deleted, skipped}
+return {#ids, deleted, 0, skipped}
 """
 
 
@@ -200,6 +201,25 @@ class RetentionStatus:
 Progress = Callable[[str, int], None]
 
 
+@dataclass
+class _Run:
+    """One apply(): its clock reading, report, start, time budget and progress callback."""
+
+    now: float
+    report: RetentionReport
+    started: float
+    budget_seconds: float | None
+    progress: Progress | None
+
+    def spent(self) -> bool:
+        return (self.budget_seconds is not None
+                and time.monotonic() - self.started >= self.budget_seconds)
+
+    def advance(self, kind: str, count: int) -> None:
+        if self.progress is not None and count:
+            self.progress(kind, count)
+
+
 class Retention:
     """Applies a RetentionPolicy to one store, in batches of at most `batch` records."""
 
@@ -226,95 +246,70 @@ class Retention:
               progress: Progress | None = None) -> RetentionReport:
         """Delete what is due (dry_run: count it). With a budget, stop between batches once
         it is spent (`complete` False); the next run continues where this one stopped."""
-        started = time.monotonic()
-        report = RetentionReport(dry_run=dry_run)
-
-        def spent() -> bool:
-            return budget_seconds is not None and time.monotonic() - started >= budget_seconds
-
-        def advance(kind: str, count: int) -> None:
-            if progress is not None and count:
-                progress(kind, count)
-
-        now = self.clock()
+        run = _Run(self.clock(), RetentionReport(dry_run=dry_run), time.monotonic(),
+                   budget_seconds, progress)
         if not dry_run:
-            report.backfilled = self._backfill(spent)
-        phases = (self._dead_letters, self._jobs, self._results)
-        for phase in phases:
-            if spent():
-                report.complete = False
-                break
-            if not phase(now, dry_run, report, spent, advance):
-                report.complete = False
+            run.report.backfilled = self._backfill(run.spent)
+        for phase in (self._dead_letters, self._jobs, self._results):
+            if run.spent() or not phase(run):
+                run.report.complete = False
                 break
         if not dry_run and not self.backfill_done():
-            report.complete = False
-        report.seconds = round(time.monotonic() - started, 3)
-        return report
+            run.report.complete = False
+        run.report.seconds = round(time.monotonic() - run.started, 3)
+        return run.report
 
-    def _dead_letters(self, now: float, dry_run: bool, report: RetentionReport,
-                      spent: Callable[[], bool], advance: Progress) -> bool:
-        cutoff = RetentionPolicy.cutoff(now, self.policy.dead_letters_seconds)
+    def _dead_letters(self, run: _Run) -> bool:
+        return self._expire(run, "dead_letters", self._expire_dead_letters,
+                            [self.keys.dead_letters, self.keys.active],
+                            self.policy.dead_letters_seconds)
+
+    def _jobs(self, run: _Run) -> bool:
+        return self._expire(run, "jobs", self._expire_jobs,
+                            [self.keys.terminal, self.keys.dead_letters, self.keys.active],
+                            self.policy.jobs_seconds)
+
+    def _expire(self, run: _Run, kind: str, script: Script, keys: list[str],
+                seconds: float) -> bool:
+        """Run one of the expiry scripts batch after batch; False if the budget ran out."""
+        cutoff = RetentionPolicy.cutoff(run.now, seconds)
         if cutoff is None:
             return True
-        offset = 0
+        report, offset = run.report, 0
         while True:
-            seen, deleted, skipped = (int(v) for v in cast(list[Any], self._expire_dead_letters(
-                keys=[self.keys.dead_letters, self.keys.active],
-                args=[cutoff, self.batch, offset, "1" if dry_run else "0", self.keys.prefix])))
-            report.deleted["dead_letters"] += deleted
-            report.skipped += skipped
-            advance("dead_letters", seen)
-            if dry_run:
-                offset += seen
-            if seen < self.batch:
-                return True
-            if spent():
-                return False
-
-    def _jobs(self, now: float, dry_run: bool, report: RetentionReport,
-              spent: Callable[[], bool], advance: Progress) -> bool:
-        cutoff = RetentionPolicy.cutoff(now, self.policy.jobs_seconds)
-        if cutoff is None:
-            return True
-        offset = 0
-        while True:
-            seen, deleted, dead_lettered, skipped = (int(v) for v in cast(
-                list[Any], self._expire_jobs(
-                    keys=[self.keys.terminal, self.keys.dead_letters, self.keys.active],
-                    args=[cutoff, self.batch, offset, now, "1" if dry_run else "0",
-                          self.keys.prefix])))
-            report.deleted["jobs"] += deleted
+            seen, deleted, dead_lettered, skipped = (int(v) for v in cast(list[Any], script(
+                keys=keys, args=[cutoff, self.batch, offset, run.now,
+                                 "1" if report.dry_run else "0", self.keys.prefix])))
+            report.deleted[kind] += deleted
             report.kept_dead_lettered += dead_lettered
             report.skipped += skipped
-            advance("jobs", seen)
-            if dry_run:
+            run.advance(kind, seen)
+            if report.dry_run:
                 offset += seen
             if seen < self.batch:
                 return True
-            if spent():
+            if run.spent():
                 return False
 
-    def _results(self, now: float, dry_run: bool, report: RetentionReport,
-                 spent: Callable[[], bool], advance: Progress) -> bool:
-        cutoff = RetentionPolicy.cutoff(now, self.policy.results_seconds)
+    def _results(self, run: _Run) -> bool:
+        cutoff = RetentionPolicy.cutoff(run.now, self.policy.results_seconds)
         if cutoff is None:
             return True
         min_id = f"{int(cutoff * 1000)}-0"
-        if dry_run:
+        if run.report.dry_run:
             due, _ = self._count_results_before(min_id, cap=None)
-            report.deleted["results"] += due
+            run.report.deleted["results"] += due
             return True
         # Approximate trimming removes whole stream nodes only (up to 100 entries each, like
         # the XADD's MAXLEN ~); LIMIT keeps each call short.
         while True:
             trimmed = int(self.redis.xtrim(self.keys.results, minid=min_id, approximate=True,
                                            limit=self.batch * 10))
-            report.deleted["results"] += trimmed
-            advance("results", trimmed)
+            run.report.deleted["results"] += trimmed
+            run.advance("results", trimmed)
             if trimmed == 0:
                 return True
-            if spent():
+            if run.spent():
                 return False
 
     def _count_results_before(self, min_id: str, cap: int | None) -> tuple[int, bool]:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any, cast
 
 import fakeredis
@@ -14,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.worker.fake_livekit import build_job, settings
+from tests.worker.test_store import store, vault
 from worker.app import create_app
 from worker.config import ConfigError, Settings
 from worker.records import Job, JobState, PhoneNumberRecord
@@ -27,20 +27,11 @@ from worker.store import JobStore
 from worker.tasks import RETENTION_TASK
 from worker.vault import Vault
 
+# The store tests' fixtures (fakeredis store, vault), re-exported so that pytest finds them.
+__all__ = ["store", "vault"]
+
 POLICY = RetentionPolicy(jobs_seconds=30 * DAY, dead_letters_seconds=90 * DAY,
                          results_seconds=7 * DAY)
-
-
-@pytest.fixture
-def vault() -> Vault:
-    return Vault(settings().secret_keys)
-
-
-@pytest.fixture
-def store() -> Iterator[JobStore]:
-    client = fakeredis.FakeRedis()
-    yield JobStore(client, results_maxlen=1000)
-    client.close()
 
 
 def later(days: float) -> Any:

@@ -26,8 +26,11 @@ Policy
 * Not idempotent: LiveKit has no idempotency keys and creates are list-then-write
   without a lock, so two creates may both succeed. Put the job id in ``metadata`` and
   serialise per number on the caller's side.
-* ``update_*`` use ``replace``: fields the models do not carry (see
-  :mod:`worker.livekit.models`) are reset on the server.
+* Changing an existing object keeps every field: :meth:`LiveKitSIP.read_object` gives it as
+  the server holds it, :meth:`LiveKitObject.merged` sets Trunkline's fields, and
+  :meth:`LiveKitSIP.replace_object` sends it back whole. ``update_*`` replace an object with a
+  typed model instead, which resets every field the models do not carry (see
+  :mod:`worker.livekit.models`): they set up test conditions, never change a customer's object.
 * Lists page with ``{"after_id", "limit": 500}`` until a page comes back empty or short.
   LiveKit Cloud honours ``limit``; the open-source server returns everything at once.
 """
@@ -52,11 +55,18 @@ from pydantic import BaseModel, ValidationError
 from worker.livekit.deadline import fit_timeout
 from worker.livekit.errors import (
     LiveKitError,
+    LiveKitNotFound,
     LiveKitServerError,
     error_from_response,
     error_from_transport,
 )
-from worker.livekit.models import DispatchRule, InboundTrunk, OutboundTrunk
+from worker.livekit.models import (
+    DispatchRule,
+    InboundTrunk,
+    LiveKitObject,
+    ObjectKind,
+    OutboundTrunk,
+)
 from worker.observability import LIVEKIT_ERRORS
 
 __all__ = ["LiveKitSIP"]
@@ -73,6 +83,12 @@ MIN_TOKEN_TTL: Final = 30
 MAX_CONNECT_TIMEOUT: Final = 3.0
 
 _ModelT = TypeVar("_ModelT", bound=BaseModel)
+# Per kind: the method that reads one object, the one that replaces it.
+_OBJECT_METHODS: Final = {
+    ObjectKind.INBOUND_TRUNK: ("GetSIPInboundTrunk", "UpdateSIPInboundTrunk"),
+    ObjectKind.OUTBOUND_TRUNK: ("GetSIPOutboundTrunk", "UpdateSIPOutboundTrunk"),
+    ObjectKind.DISPATCH_RULE: ("ListSIPDispatchRule", "UpdateSIPDispatchRule"),
+}
 
 
 class _HS256(HMACAlgorithm):
@@ -207,13 +223,13 @@ class LiveKitSIP:
         return self._list("ListSIPOutboundTrunk", OutboundTrunk, request, "sip_trunk_id")
 
     def update_inbound_trunk(self, trunk_id: str, replace: InboundTrunk) -> InboundTrunk:
-        """Replace every field of an inbound trunk."""
+        """Replace every field of an inbound trunk (unmodelled ones reset: see the policy)."""
         body = {"sip_trunk_id": trunk_id, "replace": replace.to_wire()}
         data = self._call("UpdateSIPInboundTrunk", body, subject_id=trunk_id)
         return self._parse("UpdateSIPInboundTrunk", InboundTrunk, data)
 
     def update_outbound_trunk(self, trunk_id: str, replace: OutboundTrunk) -> OutboundTrunk:
-        """Replace every field of an outbound trunk."""
+        """Replace every field of an outbound trunk (unmodelled ones reset: see the policy)."""
         body = {"sip_trunk_id": trunk_id, "replace": replace.to_wire()}
         data = self._call("UpdateSIPOutboundTrunk", body, subject_id=trunk_id)
         return self._parse("UpdateSIPOutboundTrunk", OutboundTrunk, data)
@@ -237,7 +253,7 @@ class LiveKitSIP:
         return self._list("ListSIPDispatchRule", DispatchRule, request, "sip_dispatch_rule_id")
 
     def update_dispatch_rule(self, rule_id: str, replace: DispatchRule) -> DispatchRule:
-        """Replace every field of a dispatch rule."""
+        """Replace every field of a dispatch rule (unmodelled ones reset: see the policy)."""
         body = {"sip_dispatch_rule_id": rule_id, "replace": replace.to_wire()}
         data = self._call("UpdateSIPDispatchRule", body, subject_id=rule_id)
         return self._parse("UpdateSIPDispatchRule", DispatchRule, data)
@@ -245,6 +261,38 @@ class LiveKitSIP:
     def delete_dispatch_rule(self, rule_id: str) -> None:
         """Delete a dispatch rule; raises ``LiveKitNotFound`` for an unknown id."""
         self._call("DeleteSIPDispatchRule", {"sip_dispatch_rule_id": rule_id})
+
+    # ------------------------------------------------------------------ whole objects
+
+    def read_object(self, kind: ObjectKind, object_id: str) -> LiveKitObject:
+        """One object with every field the server holds; ``LiveKitNotFound`` if unknown."""
+        if kind is ObjectKind.DISPATCH_RULE:
+            # LiveKit has no GetSIPDispatchRule: a list by id answers null for unknown ids.
+            method = "ListSIPDispatchRule"
+            items = self._call(method, {"dispatch_rule_ids": [object_id]}).get("items")
+            found = items[0] if isinstance(items, list) and items else None
+            if found is None:
+                raise LiveKitNotFound(f"dispatch rule {object_id} does not exist", method=method,
+                                      status=200, twirp_code="not_found")
+        else:
+            method = _OBJECT_METHODS[kind][0]
+            found = self._call(method, {kind.id_field: object_id}).get("trunk")
+        return self._object(method, kind, found, object_id)
+
+    def replace_object(self, obj: LiveKitObject) -> LiveKitObject:
+        """Write ``obj`` whole with ``Update...{replace}``; returns what the server stored."""
+        method = _OBJECT_METHODS[obj.kind][1]
+        body = {obj.kind.id_field: obj.object_id, "replace": dict(obj.fields)}
+        data = self._call(method, body, subject_id=obj.object_id)
+        return self._object(method, obj.kind, data, obj.object_id)
+
+    @staticmethod
+    def _object(method: str, kind: ObjectKind, data: Any, object_id: str) -> LiveKitObject:
+        if not isinstance(data, dict) or data.get(kind.id_field) != object_id:
+            raise LiveKitServerError(
+                f"LiveKit answered {method} without the {kind.value} {object_id}",
+                method=method, status=200, outcome_unknown=True)
+        return LiveKitObject(kind, data)
 
     # ------------------------------------------------------------------ internals
 

@@ -3,8 +3,16 @@
 The field names are the server's snake_case proto names (``livekit_sip.proto``); LiveKit
 silently drops unknown or misspelled fields, so a typo here would lose data without an
 error. Only the fields Trunkline uses are modelled: answers carry more (``headers``,
-``krisp_enabled``, ``media_encryption``...), and those are ignored on the way in. An
-``Update...`` call with ``replace`` therefore resets every field not modelled here.
+``krisp_enabled``, ``media``, a rule's ``attributes``...), and those are ignored on the way
+in. So a typed model is for creating objects and reading what Trunkline uses, never for
+writing an existing object back: ``replace`` with one would reset every field not modelled
+here.
+
+Existing objects are changed through :class:`LiveKitObject` instead: the object exactly as
+the server sent it (every field, whether Trunkline, this module or a Python LiveKit package
+knows it or not), with only Trunkline's fields merged in, and sent back whole with
+``replace``. The server decodes its own JSON losslessly, so whatever an operator set
+survives, and a snapshot taken before a change restores the object exactly.
 
 Reading answers is lenient: unknown keys are ignored and ``null`` strings, lists and
 messages read as their empty values.
@@ -18,7 +26,10 @@ proto3 treats the same as an absent field.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
@@ -40,10 +51,13 @@ __all__ = [
     "DispatchRuleIndividual",
     "DispatchRuleSpec",
     "InboundTrunk",
+    "LiveKitObject",
+    "ObjectKind",
     "OutboundTrunk",
     "RoomAgentDispatch",
     "RoomConfig",
     "SIPTransport",
+    "merged_json",
 ]
 
 _REVEAL_SECRETS = "reveal_secrets"
@@ -99,6 +113,15 @@ class _WireModel(BaseModel):
             exclude_defaults=True,
             context={_REVEAL_SECRETS: True},
         )
+
+    def wire_values(self, names: set[str]) -> dict[str, Any]:
+        """The named fields as the server spells them, defaults included (an empty list
+        is a value to set), real passwords: a change to merge into a
+        :class:`LiveKitObject`."""
+        unknown = names - set(type(self).model_fields)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no field {sorted(unknown)}")
+        return self.model_dump(mode="json", include=names, context={_REVEAL_SECRETS: True})
 
 
 class InboundTrunk(_WireModel):
@@ -207,3 +230,66 @@ class DispatchRule(_WireModel):
     rule: Annotated[DispatchRuleSpec, _null_as(dict)]
     room_config: RoomConfig | None = None
     hide_phone_number: Annotated[bool, _null_as(bool)] = False
+
+
+class ObjectKind(StrEnum):
+    """The three kinds of LiveKit SIP object, named by their id field."""
+
+    INBOUND_TRUNK = "inbound_trunk"
+    OUTBOUND_TRUNK = "outbound_trunk"
+    DISPATCH_RULE = "dispatch_rule"
+
+    @property
+    def id_field(self) -> str:
+        return "sip_dispatch_rule_id" if self is ObjectKind.DISPATCH_RULE else "sip_trunk_id"
+
+
+@dataclass(frozen=True, repr=False)
+class LiveKitObject:
+    """One object exactly as LiveKit answered it: every field, modelled here or not.
+
+    ``fields`` holds passwords in clear, so ``repr`` shows only the kind and the id, and
+    :meth:`to_json` is for encrypting, never for logging.
+    """
+
+    kind: ObjectKind
+    fields: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.fields.get(self.kind.id_field), str) or not self.object_id:
+            raise ValueError(f"a LiveKit {self.kind.value} needs its {self.kind.id_field}")
+
+    def __repr__(self) -> str:
+        return f"LiveKitObject({self.kind.value}, {self.object_id!r})"
+
+    @property
+    def object_id(self) -> str:
+        return str(self.fields[self.kind.id_field])
+
+    def merged(self, changes: Mapping[str, Any]) -> LiveKitObject:
+        """A copy with ``changes`` merged in: nested objects merge key by key (a rule's
+        ``pin`` survives a new ``room_prefix``), any other value replaces what was there."""
+        if self.kind.id_field in changes:
+            raise ValueError("an object's id is the server's, not a field to change")
+        return LiveKitObject(self.kind, merged_json(self.fields, changes))
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind.value, "fields": self.fields},
+                          separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> LiveKitObject:
+        data = json.loads(text)
+        return cls(ObjectKind(data["kind"]), data["fields"])
+
+
+def merged_json(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with ``changes`` merged in, as :meth:`LiveKitObject.merged`."""
+    result = copy.deepcopy(dict(base))
+    for key, value in changes.items():
+        current = result.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            result[key] = merged_json(current, value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result

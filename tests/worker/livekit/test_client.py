@@ -26,6 +26,7 @@ from worker.livekit import (
     InboundTrunk,
     LiveKitError,
     LiveKitNotFound,
+    LiveKitObject,
     LiveKitRateLimited,
     LiveKitRejected,
     LiveKitServerError,
@@ -33,6 +34,7 @@ from worker.livekit import (
     LiveKitTimeout,
     LiveKitUnauthorized,
     LiveKitUnavailable,
+    ObjectKind,
     OutboundTrunk,
     RoomAgentDispatch,
     RoomConfig,
@@ -911,3 +913,114 @@ def test_concurrent_creates_share_one_client(recorder: Recorder) -> None:
     assert results == {"in": "ST_dmjKZjcM6NFA", "out": "ST_UfRNKThLsFUx"}
     tokens = {r.headers["authorization"] for r in recorder.requests}
     assert len(tokens) == 1
+
+
+# --------------------------------------------------------------------------- whole objects
+
+# Fields this client models nowhere, as an operator sets them (and one from a later server).
+UNMODELLED = {"krisp_enabled": True, "headers": {"X-Tenant": "acme"},
+              "media": {"only_listed_codecs": False, "codecs": [],
+                        "encryption": "SIP_MEDIA_ENCRYPT_REQUIRE"},
+              "field_of_a_later_server": {"kept": [1, 2]}}
+
+
+def test_read_trunk_objects_keep_every_field(client: LiveKitSIP, recorder: Recorder) -> None:
+    """A trunk read whole is the server's answer as is, unmodelled and unknown fields too."""
+    recorder.reply({"trunk": inbound_answer(**UNMODELLED)})
+    recorder.reply({"trunk": outbound_answer(**UNMODELLED)})
+    inbound = client.read_object(ObjectKind.INBOUND_TRUNK, "ST_dmjKZjcM6NFA")
+    outbound = client.read_object(ObjectKind.OUTBOUND_TRUNK, "ST_UfRNKThLsFUx")
+    assert [r.url.path for r in recorder.requests] == [
+        "/twirp/livekit.SIP/GetSIPInboundTrunk", "/twirp/livekit.SIP/GetSIPOutboundTrunk"]
+    assert recorder.body(0) == {"sip_trunk_id": "ST_dmjKZjcM6NFA"}
+    assert recorder.body(1) == {"sip_trunk_id": "ST_UfRNKThLsFUx"}
+    assert inbound == LiveKitObject(ObjectKind.INBOUND_TRUNK, inbound_answer(**UNMODELLED))
+    assert outbound.fields == outbound_answer(**UNMODELLED)
+    assert outbound.object_id == "ST_UfRNKThLsFUx"
+
+
+def test_read_rule_object_lists_by_id(client: LiveKitSIP, recorder: Recorder) -> None:
+    """LiveKit has no GetSIPDispatchRule: a rule is read by a list filtered on its id."""
+    recorder.reply({"items": [rule_answer(attributes={"team": "sales"})]})
+    rule = client.read_object(ObjectKind.DISPATCH_RULE, "SDR_9YP9RwQAe7N5")
+    assert recorder.requests[0].url.path == "/twirp/livekit.SIP/ListSIPDispatchRule"
+    assert recorder.body() == {"dispatch_rule_ids": ["SDR_9YP9RwQAe7N5"]}
+    assert rule.fields == rule_answer(attributes={"team": "sales"})
+
+
+@pytest.mark.parametrize("items", [[None], [], None])
+def test_read_unknown_rule_is_not_found(client: LiveKitSIP, recorder: Recorder,
+                                        items: Any) -> None:
+    """An unknown id is answered with a null item (or none at all): LiveKitNotFound."""
+    recorder.reply({"items": items})
+    with pytest.raises(LiveKitNotFound) as info:
+        client.read_object(ObjectKind.DISPATCH_RULE, "SDR_gone")
+    assert "SDR_gone" in str(info.value)
+
+
+def test_read_unknown_trunk_is_not_found(client: LiveKitSIP, recorder: Recorder) -> None:
+    recorder.reply({"code": "not_found", "msg": "requested sip trunk does not exist"}, status=404)
+    with pytest.raises(LiveKitNotFound):
+        client.read_object(ObjectKind.OUTBOUND_TRUNK, "ST_gone")
+
+
+@pytest.mark.parametrize("answer", [{"trunk": None}, {"trunk": outbound_answer()}, {}])
+def test_read_answer_for_another_object_is_a_server_error(
+    client: LiveKitSIP, recorder: Recorder, answer: dict[str, Any],
+) -> None:
+    """An answer without the asked-for object is not taken for it (nor echoed: passwords)."""
+    recorder.reply(answer)
+    with pytest.raises(LiveKitServerError) as info:
+        client.read_object(ObjectKind.INBOUND_TRUNK, "ST_dmjKZjcM6NFA")
+    assert info.value.outcome_unknown
+    assert OUT_PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize(("kind", "answer", "method"), [
+    (ObjectKind.INBOUND_TRUNK, inbound_answer, "UpdateSIPInboundTrunk"),
+    (ObjectKind.OUTBOUND_TRUNK, outbound_answer, "UpdateSIPOutboundTrunk"),
+    (ObjectKind.DISPATCH_RULE, rule_answer, "UpdateSIPDispatchRule"),
+])
+def test_replace_object_sends_every_field_back(
+    client: LiveKitSIP, recorder: Recorder, kind: ObjectKind,
+    answer: Callable[..., dict[str, Any]], method: str,
+) -> None:
+    """The request body is {id, replace: the object whole}: nothing dropped, nothing added."""
+    changed = LiveKitObject(kind, answer(**UNMODELLED)).merged({"name": "renamed"})
+    recorder.reply(changed.fields)
+    stored = client.replace_object(changed)
+    assert recorder.requests[0].url.path == f"/twirp/livekit.SIP/{method}"
+    assert recorder.body() == {kind.id_field: changed.object_id,
+                               "replace": answer(**UNMODELLED, name="renamed")}
+    assert stored == changed
+
+
+def test_replace_object_names_the_other_trunk_in_a_conflict(
+    client: LiveKitSIP, recorder: Recorder,
+) -> None:
+    """LiveKit may name the replaced trunk first: the conflict is with the other one."""
+    recorder.reply({"code": "invalid_argument", "msg": (
+        'Conflicting inbound SIP Trunks: "ST_dmjKZjcM6NFA" and "ST_other", using the same '
+        "number(s) [15550001111] without AllowedNumbers set")}, status=400)
+    with pytest.raises(InboundNumberConflict) as info:
+        client.replace_object(LiveKitObject(ObjectKind.INBOUND_TRUNK, inbound_answer()))
+    assert info.value.conflicting_id == "ST_other"
+
+
+def test_replace_object_keeps_passwords_out_of_errors_and_logs(
+    client: LiveKitSIP, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="worker.livekit")
+    recorder.reply({"code": "invalid_argument", "msg": "bad trunk"}, status=400)
+    recorder.reply({"trunk": "not an object"})
+    outbound = LiveKitObject(ObjectKind.OUTBOUND_TRUNK, outbound_answer())
+    with pytest.raises(LiveKitRejected) as refused:
+        client.replace_object(outbound)
+    with pytest.raises(LiveKitServerError) as unreadable:
+        client.replace_object(outbound)
+    for error in (refused.value, unreadable.value):
+        assert OUT_PASSWORD not in f"{error} {error!r}"
+    assert OUT_PASSWORD in recorder.requests[0].content.decode()
+    assert caplog.records
+    for record in caplog.records:
+        assert OUT_PASSWORD not in repr(record.__dict__)

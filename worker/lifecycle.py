@@ -3,11 +3,24 @@
 Both run under the same per-number lock, count attempts, retry, dead-letter and publish one
 event, through the same JobRunner. Their steps reuse the create saga's step names.
 
-* Update applies the new configuration with LiveKit's Update calls (the ids stay), then
-  writes the record. Updates are whole-object replacements, so re-applying one after an
-  unknown outcome is harmless. If LiveKit refuses a change, the steps already applied are
-  put back to the configuration the job found (kept in the job as `previous`), and the
-  record is left as it was.
+* Update changes only the fields it was asked to change (the ids stay), then writes the
+  record. Each object is read whole, Trunkline's changed fields are merged into LiveKit's
+  own JSON of it, and it is written back whole (read-modify-write with `replace`): every
+  field set outside Trunkline (noise cancellation, headers, media encryption, a rule's pin,
+  attributes or room settings...) is sent back exactly as LiveKit gave it. Re-applying after
+  an unknown outcome reads and merges again, so it is harmless.
+* Why not LiveKit's field-wise `update`: it cannot change a rule's agent dispatch
+  (`room_config` is not in `SIPDispatchRuleUpdate`) and its `rule` replaces the whole rule
+  kind (a pin is lost), and v1.13.5 rewrites the media encryption fields of any trunk it
+  touches. Why not `livekit-protocol`'s generated messages: a Python package older than
+  the server drops or refuses the fields it does not know. The server's own JSON carries
+  every field of the server in front of us, with no schema and no new dependency. The cost:
+  a change made in LiveKit between our read and our write (milliseconds) would be lost; the
+  per-number lock keeps Trunkline's own jobs from racing.
+* Before its first write to an object, the job saves that object as it found it (encrypted:
+  it holds passwords) in `livekit_before`. If LiveKit refuses a change, every object the job
+  may have changed is written back from that copy, so it is exactly what it was; the record
+  is left as it was (`previous`).
 * Release deletes the rule, the outbound trunk, the inbound trunk, then the record. It only
   moves forward: a delete cannot be undone, and every step is idempotent (a trunk or rule
   already gone counts as deleted), so a failed release is retried or replayed to completion.
@@ -17,8 +30,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
-from worker.livekit import LiveKitError, LiveKitNotFound, LiveKitSIP
+from worker.livekit import (
+    DispatchRule,
+    LiveKitError,
+    LiveKitNotFound,
+    LiveKitObject,
+    LiveKitSIP,
+    ObjectKind,
+)
+from worker.livekit.models import merged_json
 from worker.records import (
     Job,
     JobResult,
@@ -38,12 +60,22 @@ from worker.saga import (
 from worker.store import JobStore
 from worker.vault import Vault
 
-# Which changed fields each LiveKit object has to be told about.
-_FIELDS_OF = {
-    StepName.OUTBOUND_TRUNK: {"name", "outbound_pstn", "transport", "auth_user_name",
-                              "auth_password_ciphertext"},
-    StepName.INBOUND_TRUNK: {"name", "allowed_addresses"},
-    StepName.DISPATCH_RULE: {"name", "agent_name", "room_prefix", "metadata"},
+# Per LiveKit object: the record fields it reflects, and the object's fields each one sets.
+_WIRE_FIELDS: dict[StepName, dict[str, set[str]]] = {
+    StepName.OUTBOUND_TRUNK: {
+        "name": {"name"}, "outbound_pstn": {"address"}, "transport": {"transport"},
+        "auth_user_name": {"auth_username"}, "auth_password_ciphertext": {"auth_password"},
+    },
+    StepName.INBOUND_TRUNK: {"name": {"name"}, "allowed_addresses": {"allowed_addresses"}},
+    StepName.DISPATCH_RULE: {
+        "name": {"name"}, "room_prefix": {"rule"}, "agent_name": {"room_config"},
+        "metadata": {"room_config"},  # it travels in the agent's dispatch metadata
+    },
+}
+_KIND_OF = {
+    StepName.OUTBOUND_TRUNK: ObjectKind.OUTBOUND_TRUNK,
+    StepName.INBOUND_TRUNK: ObjectKind.INBOUND_TRUNK,
+    StepName.DISPATCH_RULE: ObjectKind.DISPATCH_RULE,
 }
 _UPDATE_ORDER = (StepName.OUTBOUND_TRUNK, StepName.INBOUND_TRUNK, StepName.DISPATCH_RULE)
 
@@ -85,15 +117,20 @@ class UpdateSaga:
         if change is None:
             raise ValueError(f"update job {job.job_id} has no change")
         target = change.applied_to(record)
-        changed = set(change.fields)
         for name in _UPDATE_ORDER:
             step = job.step(name)
-            if step.status is StepStatus.DONE or not changed & _FIELDS_OF[name]:
+            fields = _changed_fields(job, name)
+            if step.status is StepStatus.DONE or not fields:
                 continue
-            step.status, step.started_at = StepStatus.STARTED, utcnow()
-            step.resource_id = _resource_id(record, name)
-            checkpoint(job)
-            self._apply(name, target)
+            current = self.livekit.read_object(_KIND_OF[name], _resource_id(record, name))
+            if step.status is not StepStatus.STARTED:
+                # Saved before the first write: a later run would read our own change.
+                job.livekit_before[name] = self.vault.encrypt(current.to_json())
+                step.status, step.started_at = StepStatus.STARTED, utcnow()
+                step.resource_id = current.object_id
+                checkpoint(job)
+            self.livekit.replace_object(current.merged(self._changes(name, target, fields,
+                                                                     current)))
             step.status, step.finished_at = StepStatus.DONE, utcnow()
             checkpoint(job)
         final = target.model_copy(update={"updated_by_job": job.job_id, "updated_at": utcnow()})
@@ -105,7 +142,7 @@ class UpdateSaga:
         return _result(final)
 
     def backward(self, job: Job, token: str, checkpoint: Checkpoint) -> None:
-        """Put back the configuration the job found on every object it may have changed."""
+        """Put back every object the job may have changed exactly as the job found it."""
         previous = job.previous
         if previous is None:
             return  # failed before touching anything
@@ -115,7 +152,7 @@ class UpdateSaga:
             if step.status not in (StepStatus.STARTED, StepStatus.DONE):
                 continue
             try:
-                self._apply(name, previous)
+                self._restore(job, name, previous)
             except LiveKitError as exc:
                 failures.append(exc)  # still restore the other objects
                 continue
@@ -133,22 +170,41 @@ class UpdateSaga:
             and name is not StepName.PHONE_NUMBER
         ]
 
-    def _apply(self, name: StepName, config: PhoneNumberRecord) -> None:
-        def tag(step: StepName) -> str:
-            # Objects keep the tag of the job that created them, which the record names.
-            return make_tag(config.job_id, config.org_id, step, config.number)
+    def _restore(self, job: Job, name: StepName, previous: PhoneNumberRecord) -> None:
+        sealed = job.livekit_before.get(name)
+        if sealed is not None:
+            self.livekit.replace_object(LiveKitObject.from_json(self.vault.decrypt(sealed)))
+            return
+        # Started by a Trunkline that kept no copy: put back only what this job changed, as
+        # the record had it; everything else on the object is left as it is.
+        current = self.livekit.read_object(_KIND_OF[name], _resource_id(previous, name))
+        fields = _changed_fields(job, name)
+        self.livekit.replace_object(current.merged(self._changes(name, previous, fields,
+                                                                 current)))
 
+    def _changes(self, name: StepName, config: PhoneNumberRecord, fields: set[str],
+                 current: LiveKitObject) -> dict[str, Any]:
+        """The object's fields that Trunkline's `fields` set, with `config`'s values."""
+        wire = set().union(*(_WIRE_FIELDS[name][field] for field in fields))
+        # Built as creation builds them; `metadata` (the creating job's tag) is never changed.
+        tag = make_tag(config.job_id, config.org_id, name, config.number)
         if name is StepName.OUTBOUND_TRUNK:
-            password = self.vault.decrypt(config.auth_password_ciphertext)
-            self.livekit.update_outbound_trunk(
-                config.outbound_trunk_id, outbound_trunk_for(config, tag(name), password))
-        elif name is StepName.INBOUND_TRUNK:
-            self.livekit.update_inbound_trunk(
-                config.inbound_trunk_id, inbound_trunk_for(config, tag(name)))
-        else:
-            self.livekit.update_dispatch_rule(config.dispatch_rule_id, dispatch_rule_for(
-                config, tag(name), inbound_trunk_id=config.inbound_trunk_id,
-                org_id=config.org_id, phone_number_id=config.phone_number_id))
+            password = (self.vault.decrypt(config.auth_password_ciphertext)
+                        if "auth_password" in wire else "")
+            return outbound_trunk_for(config, tag, password).wire_values(wire)
+        if name is StepName.INBOUND_TRUNK:
+            return inbound_trunk_for(config, tag).wire_values(wire)
+        rule = dispatch_rule_for(config, tag, inbound_trunk_id=config.inbound_trunk_id,
+                                 org_id=config.org_id, phone_number_id=config.phone_number_id)
+        changes = rule.wire_values(wire - {"rule", "room_config"})
+        if "rule" in wire:
+            # Only the prefix is Trunkline's: a pin or no_randomness set in LiveKit stays. The
+            # rule kinds are a oneof: another kind chosen in LiveKit gives way to Trunkline's.
+            changes["rule"] = {"dispatch_rule_individual": {"room_prefix": config.room_prefix},
+                               "dispatch_rule_direct": None, "dispatch_rule_callee": None}
+        if "room_config" in wire:
+            changes["room_config"] = {"agents": _agents(rule, current)}
+        return changes
 
 
 class ReleaseSaga:
@@ -203,6 +259,24 @@ class ReleaseSaga:
     def _delete_rule(self, rule_id: str) -> None:
         with contextlib.suppress(LiveKitNotFound):  # already gone is what we want
             self.livekit.delete_dispatch_rule(rule_id)
+
+
+def _changed_fields(job: Job, name: StepName) -> set[str]:
+    """The update's fields that the LiveKit object of step `name` reflects."""
+    if job.change is None:
+        raise ValueError(f"update job {job.job_id} has no change")
+    return set(job.change.fields) & _WIRE_FIELDS[name].keys()
+
+
+def _agents(rule: DispatchRule, current: LiveKitObject) -> list[dict[str, Any]]:
+    """Trunkline's agents, each merged into LiveKit's entry for the same agent name, so what
+    was set there (a restart policy, attributes) stays; agents Trunkline no longer names go."""
+    room_config = current.fields.get("room_config")
+    entries = room_config.get("agents") if isinstance(room_config, dict) else None
+    held = {entry.get("agent_name"): entry for entry in entries or [] if isinstance(entry, dict)}
+    ours = rule.room_config.agents if rule.room_config is not None else []
+    return [merged_json(held.get(agent.agent_name, {}),
+                        agent.wire_values({"agent_name", "metadata"})) for agent in ours]
 
 
 def _resource_id(record: PhoneNumberRecord, name: StepName) -> str:

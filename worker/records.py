@@ -248,6 +248,9 @@ class Job(BaseModel):
     dead_lettered: bool = False
     # Update/release: the record as the job first found it (an update's rollback target).
     previous: PhoneNumberRecord | None = None
+    # Update: each LiveKit object as the job first found it, every field (LiveKitObject's
+    # JSON), encrypted with the vault as it holds passwords; a rollback puts it back whole.
+    livekit_before: dict[StepName, str] = Field(default_factory=dict)
     # Objects a compensation could not delete; reconcile and operators see them here.
     leftovers: list[str] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
@@ -315,7 +318,7 @@ class Job(BaseModel):
 
     def public_view(self) -> dict[str, Any]:
         """The job as shown to its organisation and to operators: no ciphertext, no hashes."""
-        data = self.model_dump(mode="json", exclude={"request_fingerprint"})
+        data = self.model_dump(mode="json", exclude={"request_fingerprint", "livekit_before"})
         for part in ("request", "change", "previous"):
             if data.get(part) is not None:
                 ciphertext = data[part].pop("auth_password_ciphertext", None)

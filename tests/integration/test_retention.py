@@ -19,7 +19,9 @@ from typing import Any, cast
 import httpx
 import pytest
 import redis
+from typer.testing import CliRunner, Result
 
+from ops.cli import app
 from producers import ProvisioningClient
 from tests.integration.conftest import (
     REPO,
@@ -35,13 +37,15 @@ from worker.store import JobStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean")]
 
-TRUNKLINE = Path(sys.executable).with_name("trunkline")
 DAY = 86_400
+SETTINGS = ("REDIS_URL", "LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET",
+            "TRUNKLINE_SECRET_KEYS")
 
 
-def trunkline(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(TRUNKLINE), *args], env=stack.env(COLUMNS="200", **env),
-                          capture_output=True, text=True, timeout=120, check=False)
+def trunkline(stack: Stack, *args: str, **env: str) -> Result:
+    """`trunkline ARGS...` in-process, with the stack's settings (and `env` over them)."""
+    settings = {k: v for k, v in stack.env(**env).items() if k in SETTINGS}
+    return CliRunner().invoke(app, list(args), env={**settings, "COLUMNS": "200"})
 
 
 def age(db: redis.Redis, store: JobStore, job_id: str, days: float) -> None:
@@ -87,12 +91,12 @@ def test_apply_deletes_old_jobs_keeps_the_rest_and_never_a_replayed_one(
     objects = everything_on_livekit(livekit)
 
     dry = trunkline(stack, "retention", "apply", "--dry-run", "--json")
-    assert dry.returncode == 0, dry.stderr
+    assert dry.exit_code == 0, dry.output
     assert json.loads(dry.stdout)["deleted"]["jobs"] == 1
     assert redis_db.exists(store.keys.job(old))
 
     applied = trunkline(stack, "retention", "apply", "--json")
-    assert applied.returncode == 0, applied.stderr
+    assert applied.exit_code == 0, applied.output
     report = json.loads(applied.stdout)
     assert report["deleted"]["jobs"] == 1 and report["deleted"]["dead_letters"] == 0
     assert not redis_db.exists(store.keys.job(old))
@@ -106,7 +110,7 @@ def test_apply_deletes_old_jobs_keeps_the_rest_and_never_a_replayed_one(
     assert everything_on_livekit(livekit) == objects
 
     human = trunkline(stack, "retention", "show")
-    assert human.returncode == 0, human.stderr
+    assert human.exit_code == 0, human.output
     assert "TRUNKLINE_RETAIN_JOBS_DAYS" in human.stdout
 
 
@@ -124,7 +128,7 @@ def test_results_older_than_the_bound_are_trimmed_by_whole_nodes(
     for i in range(5):
         redis_db.xadd(stream, {"job_id": f"new{i}"})
     applied = trunkline(stack, "retention", "apply", "--json")
-    assert applied.returncode == 0, applied.stderr
+    assert applied.exit_code == 0, applied.output
     trimmed = json.loads(applied.stdout)["deleted"]["results"]
     entries = cast(list[tuple[bytes, dict[bytes, bytes]]], redis_db.xrange(stream))
     left = [fields[b"job_id"].decode() for _, fields in entries]
@@ -139,8 +143,8 @@ def test_an_unreachable_redis_is_one_line_naming_redis_url(
     """Both commands: exit code 3, one line that says which setting to check."""
     for args in (("retention", "show"), ("retention", "apply", "--dry-run")):
         done = trunkline(stack, *args, REDIS_URL=f"redis://127.0.0.1:{unused_tcp_port}/2")
-        assert done.returncode == 3, (args, done.stdout, done.stderr)
-        assert "check REDIS_URL" in done.stderr and "Traceback" not in done.stderr
+        assert done.exit_code == 3, (args, done.output)
+        assert "check REDIS_URL" in done.stderr and "Traceback" not in done.output
 
 
 def test_the_beat_task_applies_retention_on_a_real_worker(

@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         prog="python -m bench",
         description="Trunkline's pipeline against the same LiveKit calls made directly. "
                     "Uses REDIS_URL/LIVEKIT_URL/LIVEKIT_API_KEY/LIVEKIT_API_SECRET, or the "
-                    "local stack (ops/stack.sh) when none of them is set.")
+                    "local stack (ops/stack.sh) when none of them is set. The retention soak "
+                    "(Redis memory over 100,000 jobs) is `python -m bench.soak`.")
     parser.add_argument("--jobs", type=_positive, default=1000,
                         help="setups per side in the throughput phase, and no-op tasks in the "
                              "noop phase (default 1000)")

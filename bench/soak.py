@@ -28,6 +28,7 @@ import contextlib
 import itertools
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -372,6 +373,9 @@ class Soak:
         kept_jobs = end.finished_jobs
         mean_steady = (sum(s.used_memory for s in steady) / len(steady)) if steady else None
         mean_kept = (sum(s.finished_jobs for s in steady) / len(steady)) if steady else None
+        # What is kept is rate x horizon, so memory follows the rate; per kept job it should not.
+        per_kept = sorted((s.used_memory - baseline.used_memory) / s.finished_jobs
+                          for s in steady if s.finished_jobs)
         return {
             "first_window": {"jobs": [filling[0].jobs, filling[-1].jobs],
                              "bytes_per_job": per_job(filling)},
@@ -383,6 +387,9 @@ class Soak:
                 "used_memory_min": min(s.used_memory for s in steady) if steady else None,
                 "used_memory_max": max(s.used_memory for s in steady) if steady else None,
                 "finished_jobs_kept_mean": round(mean_kept, 1) if mean_kept else None,
+                "bytes_per_kept_job": {
+                    "min": round(per_kept[0], 1), "median": round(statistics.median(per_kept), 1),
+                    "max": round(per_kept[-1], 1)} if per_kept else None,
             },
             "used_memory_baseline": baseline.used_memory,
             "used_memory_end": end.used_memory,

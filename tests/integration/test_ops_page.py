@@ -58,12 +58,16 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         yield opened
 
 
+def trunkline(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from ops.cli import main; main()", *args],
+                          cwd=REPO, env=stack.env(), capture_output=True, text=True,
+                          check=False, timeout=120)
+
+
 def operator_key(stack: Stack) -> dict[str, str]:
     """`trunkline keys create --operator --json`, as the README tells an operator."""
-    made = subprocess.run(
-        [sys.executable, "-c", "from ops.cli import main; main()", "keys", "create",
-         "--operator", "--name", "on-call", "--json"],
-        cwd=REPO, env=stack.env(), capture_output=True, text=True, check=True, timeout=60)
+    made = trunkline(stack, "keys", "create", "--operator", "--name", "on-call", "--json")
+    assert made.returncode == 0, made.stderr
     key: dict[str, str] = json.loads(made.stdout)
     assert key["role"] == "operator"
     return key
@@ -149,8 +153,17 @@ def test_operator_views_and_a_replay_through_the_page(
     assert provisioned.job_id in browser.text()
     shot("ops-number-history")
 
+    # Reconcile: the findings `trunkline reconcile` saved last (a rule deleted behind our back).
     browser.find('nav a[href="/ops/reconcile"]').click()
-    browser.wait_for(lambda d: "reconcile findings" in browser.text(), "the reconcile view")
+    browser.wait_for(lambda d: browser.find_all("#no-report"), "no report yet")
+    livekit.delete_dispatch_rule(provisioned.result.dispatch_rule_id)
+    reconciled = trunkline(stack, "reconcile", "--json")
+    assert reconciled.returncode == 1, reconciled.stderr  # 1: findings remain
+    browser.driver.refresh()
+    browser.wait_for(lambda d: browser.find_all("#missing"), "the saved report")
+    missing = browser.find("#missing").text
+    assert provisioned.result.dispatch_rule_id in missing and FREE in missing
+    assert "by trunkline reconcile" in browser.find("#report-summary").text
     shot("ops-reconcile")
 
     # CSRF: the session's cookie alone cannot replay (no token from the page): 403.

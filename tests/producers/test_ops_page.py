@@ -34,6 +34,7 @@ from producers.keys import ApiKeys, CreatedKey
 from producers.ratelimit import RateLimiter
 from tests.producers.conftest import redis_bytes, run
 from worker.config import Settings
+from worker.reconcile import Category, Finding, Kind, Report, save_report
 from worker.records import Attempt, Job, JobError, JobState, StepName, StepRecord, StepStatus
 from worker.store import JobStore
 from worker.vault import Vault
@@ -135,13 +136,17 @@ def ops() -> Iterator[Ops]:
     client = ProvisioningClient(JobStore(redis), Vault(settings.secret_keys), broker, settings)
     keys = ApiKeys(redis, iterations=1000)
     reports: list[Mapping[str, Any] | None] = [None]
-    app = FastAPI()
-    install_ops_page(app, keys=keys, client=client,
-                     auth_failures=RateLimiter(redis, FAILURE_LIMIT,
-                                               prefix="trunkline:api:authfail"),
-                     reconcile_report=lambda: reports[-1])
+    app = ops_app(client, keys, reconcile_report=lambda: reports[-1])
     yield Ops(Http(app), client, keys, keys.create_operator(name="on-call"), reports)
     client.close()
+
+
+def ops_app(client: ProvisioningClient, keys: ApiKeys, **options: Any) -> FastAPI:
+    app = FastAPI()
+    install_ops_page(app, keys=keys, client=client,
+                     auth_failures=RateLimiter(client.redis, FAILURE_LIMIT,
+                                               prefix="trunkline:api:authfail"), **options)
+    return app
 
 
 def assert_login_redirect(answer: Response) -> None:
@@ -405,6 +410,23 @@ def test_reconcile_view_shows_the_latest_report_or_says_there_is_none(ops: Ops) 
     assert "changed (value never shown)" in page
     assert "a.example → b.example" in page
     assert "1 orphans, 0 missing, 1 drifted" in page
+
+
+def test_reconcile_view_reads_the_report_the_reconciler_saved_last(ops: Ops) -> None:
+    """Without an override the view shows worker.reconcile's latest saved report."""
+    app = ops_app(ops.client, ops.keys)
+    report = Report(missing=[Finding(category=Category.MISSING, kind=Kind.DISPATCH_RULE,
+                                     livekit_id="SDR_gone1", number=NUMBER, job_id=None,
+                                     org_id="org_a", reason="the rule is gone")])
+    save_report(ops.client.store, report, source="beat")
+    ops.http = Http(app)
+    ops.login()
+
+    page = ops.http.get("/ops/reconcile").text
+
+    assert "SDR_gone1" in page and "the rule is gone" in page
+    assert "by the scheduled task (beat)" in page
+    assert "0 orphans, 1 missing, 0 drifted" in page
 
 
 # --------------------------------------------------------------------------- timeline

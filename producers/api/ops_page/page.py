@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -43,6 +44,7 @@ from producers.client import ProvisioningClient
 from producers.keys import ApiKeys
 from producers.ratelimit import RateLimiter
 from worker.contract import canonical_number
+from worker.reconcile import latest_report
 from worker.records import JobState
 from worker.store import NotReplicated, UnreadableRecord
 
@@ -65,11 +67,6 @@ SECURITY_HEADERS = {
 }
 
 ReconcileReport = Callable[[], Mapping[str, Any] | None]
-
-
-def no_report() -> None:
-    return None
-
 
 class LoginRequired(Exception):
     """No live operator session: the browser is sent to the login form."""
@@ -410,9 +407,15 @@ def templates() -> Environment:
 
 def install_ops_page(app: FastAPI, *, keys: ApiKeys, client: ProvisioningClient,
                      auth_failures: RateLimiter,
-                     reconcile_report: ReconcileReport = no_report,
+                     reconcile_report: ReconcileReport | None = None,
                      clock: Callable[[], float] = time.time) -> None:
-    """Serve /ops on `app`, behind operator keys; none of it is in the OpenAPI schema."""
+    """Serve /ops on `app`, behind operator keys; none of it is in the OpenAPI schema.
+
+    The reconcile view shows the report the beat task or `trunkline reconcile` saved last
+    (`worker.reconcile.latest_report`) unless `reconcile_report` says otherwise.
+    """
+    if reconcile_report is None:
+        reconcile_report = partial(latest_report, client.redis, client.store.keys)
     app.state.ops_page = OpsPage(
         keys=keys, client=client, auth_failures=auth_failures,
         sessions=OpsSessions(client.redis), data=OpsData(client.store),

@@ -292,7 +292,7 @@ class ProvisioningClient:
         # or a dead worker can stall the job, which the sweeper sees at the deadline.
         with tracing.enqueue_span(job) as span:
             # The message carries only the job id: the worker finds the trace in the record.
-            job.trace_context = tracing.current_trace_context()
+            job.trace_context = tracing.trace_context_of(span)
             job_id, created = self.store.create(
                 job, deadline=time.time() + self.settings.visibility_timeout,
                 idempotency_key=idempotency_key, message=self.messages.provision(job.job_id),

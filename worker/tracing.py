@@ -297,13 +297,13 @@ def enqueue_span(job: Job) -> AbstractContextManager[trace.Span | None]:
                                         attributes=job_attributes(job))
 
 
-def current_trace_context() -> TraceContext | None:
-    """The current span's W3C context, for the job record; None outside a recorded trace."""
-    if _installed_provider() is None:
+def trace_context_of(span: trace.Span | None) -> TraceContext | None:
+    """The W3C context naming `span` as the parent, for the job record (None without one)."""
+    if span is None:
         return None
     carrier: dict[str, str] = {}
-    _W3C.inject(carrier)
-    if "traceparent" not in carrier:
+    _W3C.inject(carrier, context=trace.set_span_in_context(span))
+    if "traceparent" not in carrier:  # an invalid span context (a no-op provider's)
         return None
     return TraceContext(traceparent=carrier["traceparent"],
                         tracestate=carrier.get("tracestate") or None)

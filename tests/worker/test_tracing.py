@@ -156,7 +156,7 @@ def test_unconfigured_process_installs_nothing_and_stores_no_context(h: Harness)
     assert tracing.enqueue_span(job) is tracing.run_span(job, 0) is tracing.event_span(job)
     with tracing.enqueue_span(job) as span:
         assert span is None
-        assert tracing.current_trace_context() is None
+        assert tracing.trace_context_of(span) is None
     stored = h.store.get(client_for(h).submit(org_id=ORG, request=request()))
     assert stored is not None
     assert stored.trace_context is None

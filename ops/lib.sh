@@ -1,6 +1,13 @@
 # shellcheck shell=bash
-# Shell functions shared by ops/stack.sh and ops/sip.sh (sourced, not run).
-# The caller sets PROG (its name in messages) and, before take_lock, RUN_DIR.
+# What ops/stack.sh, ops/sip.sh and ops/sentinel.sh share (sourced, not run): messages,
+# settings checks, pid files, daemons, locks, apt, and the command line (run_main).
+# The caller defines usage, validate_settings, init_paths and cmd_<command> for each command;
+# init_paths sets RUN_DIR (for take_lock).
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[1]}")" && pwd -P)
+REPO_ROOT=$(dirname -- "$SCRIPT_DIR")
+PROG="ops/$(basename -- "${BASH_SOURCE[1]}")"
+STACK_DIR=${TRUNKLINE_STACK_DIR:-$REPO_ROOT/.stack}
 
 die() {
     printf '%s: error: %s\n' "$PROG" "$*" >&2
@@ -80,4 +87,174 @@ apt_install() { # packages...
     "${sudo[@]}" apt-get update 9>&- || die "'apt-get update' failed (see above)"
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "$@" 9>&- \
         || die "'apt-get install -y $*' failed (see above)"
+}
+
+need_python() { # why
+    have python3 || die "python3 is required ($1); install it (apt-get install -y python3)"
+}
+
+install_redis() {
+    have redis-server && have redis-cli && return 0
+    # The package may start a system redis on 6379; we never use that one.
+    apt_install redis-server
+    have redis-server || die "redis-server still not on PATH after installing the Debian package"
+    have redis-cli || die "redis-cli not on PATH (Debian package redis-tools)"
+}
+
+# redis-server on 127.0.0.1 as ops/stack.sh and ops/sentinel.sh run it: the settings the
+# README asks of Trunkline's Redis (AOF every second, no eviction), daemonized.
+run_redis_server() { # port dir pidfile log [more options...]
+    local port=$1 dir=$2 pidfile=$3 log=$4
+    shift 4
+    redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes --dir "$dir" \
+        --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+        --daemonize yes --pidfile "$pidfile" --logfile "$log" "$@" 9>&-
+}
+
+init_state_dir() { # the state folder (TRUNKLINE_STACK_DIR), made absolute and kept out of git
+    mkdir -p -- "$STACK_DIR" || die "cannot create state folder $STACK_DIR (TRUNKLINE_STACK_DIR)"
+    STACK_DIR=$(cd -- "$STACK_DIR" && pwd -P)
+    [[ -e $STACK_DIR/.gitignore ]] || printf '*\n' >"$STACK_DIR/.gitignore"
+}
+
+tcp_port_open() { # port: something accepts connections on 127.0.0.1:port
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+our_pid() { # pidfile pattern -> the pid in the file when that process lives and its command
+    # line contains pattern (a pid file outlives its process, and pids are reused), or nothing
+    local pid
+    pid=$(read_pid "$1")
+    if [[ -n $pid ]] && pid_alive "$pid" && [[ $(cmdline_of "$pid") == *"$2"* ]]; then
+        printf '%s\n' "$pid"
+    fi
+}
+
+# Starts a daemon in a session of its own, its output appended to log, without the variables
+# whose names match drop_regex (servers that read them as flags over their config). Sets
+# DAEMON_PID. No job control here, so setsid execs in place: $! is the daemon's own pid.
+start_daemon() { # pidfile log drop_regex command...
+    local pidfile=$1 log=$2 drop=$3 name
+    shift 3
+    local -a unset_env=()
+    for name in $(compgen -e); do
+        [[ $name =~ $drop ]] && unset_env+=(-u "$name")
+    done
+    printf '\n=== %s starting %s\n' "$(date -u +%FT%TZ)" "$*" >>"$log"
+    nohup setsid env "${unset_env[@]}" "$@" >>"$log" 2>&1 </dev/null 9>&- &
+    DAEMON_PID=$!
+    printf '%s\n' "$DAEMON_PID" >"$pidfile"
+}
+
+# Polls `ready` (0 ready, 1 not yet, 2 never will) until it says ready, for up to `seconds`.
+# The daemon dying or not getting ready shows its log's tail; not ready, it is also stopped
+# (with `signal`) and this returns 1.
+await_daemon() { # name pid pidfile log seconds ready [signal]
+    local name=$1 pid=$2 pidfile=$3 log=$4 deadline=$((SECONDS + $5)) ready=$6 verdict
+    while ((SECONDS < deadline)); do
+        if ! pid_alive "$pid"; then
+            rm -f -- "$pidfile"
+            show_log_tail "$log"
+            die "$name exited during startup (see above; log $log)"
+        fi
+        verdict=0
+        "$ready" || verdict=$?
+        ((verdict == 0)) && return 0
+        ((verdict == 2)) && break
+        sleep 0.25
+    done
+    show_log_tail "$log"
+    stop_pid "$pid" "$name" 10 "${7:-TERM}"
+    rm -f -- "$pidfile"
+    return 1
+}
+
+# A running daemon is kept when its config is unchanged and `healthy` says so (0); otherwise
+# it is stopped (returns 1) and the new config takes the old one's place.
+keep_or_stop() { # name pid new_config config healthy detail_variable [signal]
+    local name=$1 pid=$2 new=$3 config=$4 healthy=$5 detail=$6
+    if [[ -n $pid ]]; then
+        if cmp -s -- "$new" "$config" && "$healthy"; then
+            rm -f -- "$new"
+            return 0
+        fi
+        if cmp -s -- "$new" "$config"; then
+            info "$name (pid $pid) is not healthy (${!detail}); restarting it"
+        else
+            info "$name config changed; restarting $name (pid $pid)"
+        fi
+        stop_pid "$pid" "$name" 20 "${7:-TERM}"
+    fi
+    mv -f -- "$new" "$config"
+    return 1
+}
+
+stop_daemon() { # name pidfile pid [signal]
+    rm -f -- "$2"
+    if [[ -z $3 ]]; then
+        info "$1 already down"
+        return 0
+    fi
+    info "stopping $1 (pid $3)"
+    stop_pid "$3" "$1" 20 "${4:-TERM}"
+}
+
+json_option() { # status's options -> prints 1 for --json, 0 for none
+    [[ $# -le 1 ]] || die "status takes at most one option (--json)"
+    case ${1:-} in
+        --json) echo 1 ;;
+        "") echo 0 ;;
+        *) die "status: unknown option '$1' (use --json)" ;;
+    esac
+}
+
+tail_logs() { # log files... -- the logs command's options: [-n N] [--no-follow]
+    local -a files=() present=()
+    local lines=100 follow=1 file
+    while [[ $1 != -- ]]; do files+=("$1"); shift; done
+    shift
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+            -n) [[ $# -ge 2 ]] || die "logs: -n needs a number"; lines=$2; shift 2 ;;
+            --no-follow) follow=0; shift ;;
+            *) die "logs: unknown option '$1' (use -n N, --no-follow)" ;;
+        esac
+    done
+    require_uint "logs -n" "$lines" 0 1000000
+    if ((follow)); then
+        touch -- "${files[@]}"
+        exec tail -n "$lines" -F -- "${files[@]}"
+    fi
+    for file in "${files[@]}"; do [[ -e $file ]] && present+=("$file"); done
+    [[ ${#present[@]} -gt 0 ]] || die "no logs yet (${files[*]}); run '$PROG up'"
+    tail -n "$lines" -- "${present[@]}"
+}
+
+# The scripts' command line: help, an unknown command (exit 2), the settings check, then
+# cmd_<command>. install, up and down take no arguments and run under the lock; env needs
+# no state folder.
+run_main() { # lock_file "commands" "$@"
+    local lock=$1 commands=" $2 " cmd=${3:-}
+    shift 2
+    [[ $# -gt 0 ]] && shift
+    case $cmd in
+        -h | --help | help) usage; return 0 ;;
+        "") usage >&2; return 2 ;;
+    esac
+    if [[ $commands != *" $cmd "* ]]; then
+        printf '%s: unknown command %q\n\n' "$PROG" "$cmd" >&2
+        usage >&2
+        return 2
+    fi
+    validate_settings
+    if [[ $cmd == env ]]; then
+        [[ $# -eq 0 ]] || die "env takes no arguments"
+        cmd_env
+        return
+    fi
+    init_paths
+    case $cmd in
+        install | up | down) [[ $# -eq 0 ]] || die "$cmd takes no arguments"; take_lock "$lock" ;;
+    esac
+    "cmd_$cmd" "$@"
 }

@@ -3,13 +3,9 @@
 # (redis-server --replicaof) and three redis-sentinel processes. Run `ops/sentinel.sh --help`.
 set -euo pipefail
 
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
-REPO_ROOT=$(dirname -- "$SCRIPT_DIR")
-PROG="ops/$(basename -- "${BASH_SOURCE[0]}")"
 # shellcheck source=ops/lib.sh
-source "$SCRIPT_DIR/lib.sh"
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-STACK_DIR=${TRUNKLINE_STACK_DIR:-$REPO_ROOT/.stack}
 MASTER_NAME=${TRUNKLINE_SENTINEL_MASTER:-trunkline}
 DATA_PORTS=${TRUNKLINE_SENTINEL_REDIS_PORTS:-6410,6411}
 SENTINEL_PORTS=${TRUNKLINE_SENTINEL_PORTS:-26410,26411,26412}
@@ -79,13 +75,11 @@ validate_settings() {
 }
 
 init_paths() {
-    mkdir -p -- "$STACK_DIR" || die "cannot create state folder $STACK_DIR (TRUNKLINE_STACK_DIR)"
-    STACK_DIR=$(cd -- "$STACK_DIR" && pwd -P)
+    init_state_dir
     GROUP_DIR=$STACK_DIR/sentinel
     RUN_DIR=$GROUP_DIR/run
     LOG_DIR=$GROUP_DIR/logs
     mkdir -p -- "$RUN_DIR" "$LOG_DIR"
-    [[ -e $STACK_DIR/.gitignore ]] || printf '*\n' >"$STACK_DIR/.gitignore"
 }
 
 cli() { # port args... (bounded: a hung server must not hang the script)
@@ -98,8 +92,8 @@ pidfile_of() { printf '%s/%s.pid\n' "$RUN_DIR" "$1"; }
 
 pid_of() { # port -> pid of our process on it, or nothing
     local pid
-    pid=$(read_pid "$(pidfile_of "$1")")
-    if [[ -n $pid ]] && pid_alive "$pid" && [[ $(cmdline_of "$pid") == *"127.0.0.1:$1"* ]]; then
+    pid=$(our_pid "$(pidfile_of "$1")" "127.0.0.1:$1")
+    if [[ -n $pid ]]; then
         printf '%s\n' "$pid"
         return 0
     fi
@@ -123,9 +117,7 @@ answers() { [[ $(cli "$1" ping) == PONG ]]; }
 # ---------------------------------------------------------------- install
 
 cmd_install() {
-    if ! have redis-server || ! have redis-cli; then
-        apt_install redis-server
-    fi
+    install_redis
     if ! have redis-sentinel; then
         # The package may start a system sentinel on 26379; this group never uses it.
         apt_install redis-sentinel
@@ -141,11 +133,9 @@ start_redis() { # port [primary port to replicate]
     [[ -z ${2:-} ]] || replica=(--replicaof 127.0.0.1 "$2")
     mkdir -p -- "$dir"
     tcp_port_free "$port"
-    redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes --dir "$dir" \
-        --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
-        --repl-diskless-sync-delay 0 \
-        --daemonize yes --pidfile "$(pidfile_of "$port")" --logfile "$LOG_DIR/redis-$port.log" \
-        "${replica[@]}" 9>&- || die "redis-server on $port failed to start (log $LOG_DIR/redis-$port.log)"
+    run_redis_server "$port" "$dir" "$(pidfile_of "$port")" "$LOG_DIR/redis-$port.log" \
+        --repl-diskless-sync-delay 0 "${replica[@]}" \
+        || die "redis-server on $port failed to start (log $LOG_DIR/redis-$port.log)"
 }
 
 start_sentinel() { # port
@@ -169,7 +159,7 @@ EOF
 }
 
 tcp_port_free() { # port: nothing of ours is on it; refuse a port someone else holds
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    if tcp_port_open "$1"; then
         die "port 127.0.0.1:$1 is taken by a process not started by $PROG; free it or change TRUNKLINE_SENTINEL_REDIS_PORTS/TRUNKLINE_SENTINEL_PORTS"
     fi
 }
@@ -312,34 +302,10 @@ cmd_status() {
 }
 
 cmd_env() {
-    [[ $# -eq 0 ]] || die "env takes no arguments"
     local port list=""
     for port in "${SENTINELS[@]}"; do list+=${list:+,}127.0.0.1:$port; done
     printf 'export TRUNKLINE_REDIS_SENTINELS=%s\n' "$list"  # validated: no quoting needed
     printf 'export TRUNKLINE_REDIS_SENTINEL_MASTER=%q\n' "$MASTER_NAME"
 }
 
-main() {
-    local cmd=${1:-}
-    [[ $# -gt 0 ]] && shift
-    case $cmd in
-        -h | --help | help) usage; return 0 ;;
-        "") usage >&2; return 2 ;;
-        install | up | down | status | env) ;;
-        *) printf '%s: unknown command %q\n\n' "$PROG" "$cmd" >&2; usage >&2; return 2 ;;
-    esac
-    validate_settings
-    [[ $cmd == env ]] && { cmd_env "$@"; return; }
-    init_paths
-    case $cmd in
-        install | up | down) [[ $# -eq 0 ]] || die "$cmd takes no arguments" ;;
-    esac
-    case $cmd in
-        install) take_lock sentinel.lock; cmd_install ;;
-        up) take_lock sentinel.lock; cmd_up ;;
-        down) take_lock sentinel.lock; cmd_down ;;
-        status) cmd_status "$@" ;;
-    esac
-}
-
-main "$@"
+run_main sentinel.lock "install up down status env" "$@"

@@ -12,14 +12,10 @@ readonly SIP_LDFLAGS="-X github.com/livekit/sip/version.Version=$SIP_VERSION"
 readonly BUILD_PACKAGES=(pkg-config gcc libc6-dev libopus-dev libopusfile-dev libsoxr-dev)
 readonly PKG_CONFIG_NAMES=(opus opusfile soxr)
 
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
-REPO_ROOT=$(dirname -- "$SCRIPT_DIR")
-PROG="ops/$(basename -- "${BASH_SOURCE[0]}")"
 # shellcheck source=ops/lib.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 STACK_SH=$SCRIPT_DIR/stack.sh
 
-STACK_DIR=${TRUNKLINE_STACK_DIR:-$REPO_ROOT/.stack}
 SIP_SRC=${TRUNKLINE_SIP_SRC:-$REPO_ROOT/../shared/third_party/livekit-sip}
 SIP_BUILD_ROOT=${TRUNKLINE_SIP_BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/trunkline/livekit-sip}
 SIP_PORT=${TRUNKLINE_SIP_PORT:-5080}
@@ -91,10 +87,6 @@ EOF
 
 # ---------------------------------------------------------------- helpers
 
-
-
-
-
 validate_settings() {
     require_uint TRUNKLINE_SIP_PORT "$SIP_PORT" 1
     SIP_PORT=$((10#$SIP_PORT))
@@ -122,8 +114,7 @@ validate_settings() {
 }
 
 init_paths() {
-    mkdir -p -- "$STACK_DIR" || die "cannot create state folder $STACK_DIR (TRUNKLINE_STACK_DIR)"
-    STACK_DIR=$(cd -- "$STACK_DIR" && pwd -P)
+    init_state_dir
     LOG_DIR=$STACK_DIR/logs
     RUN_DIR=$STACK_DIR/run
     SIP_LOG=$LOG_DIR/livekit-sip.log
@@ -131,29 +122,13 @@ init_paths() {
     SIP_PIDFILE=$RUN_DIR/livekit-sip.pid
     SIP_CONFIG=$STACK_DIR/livekit-sip.yaml
     mkdir -p -- "$LOG_DIR" "$RUN_DIR"
-    [[ -e $STACK_DIR/.gitignore ]] || printf '*\n' >"$STACK_DIR/.gitignore"
 }
 
-# Serialises install/up/down of the bridge. Its own lock file: ops/stack.sh takes
-# run/ops.lock itself when we call it. fd 9 is closed for every child (9>&-).
+# install/up/down of the bridge take their own lock file: ops/stack.sh takes run/ops.lock
+# itself when we call it. fd 9 is closed for every child (9>&-).
 
-need_python() {
-    have python3 || die "python3 is required (SIP OPTIONS probe, JSON); install it (apt-get install -y python3)"
-}
-
-
-
-
-# pid of our bridge (its command line names our generated config), or nothing
-sip_pid() {
-    local pid
-    pid=$(read_pid "$SIP_PIDFILE")
-    if [[ -n $pid ]] && pid_alive "$pid" && [[ $(cmdline_of "$pid") == *"--config $SIP_CONFIG"* ]]; then
-        printf '%s\n' "$pid"
-    fi
-}
-
-
+# Ours when its command line names our generated config.
+sip_pid() { our_pid "$SIP_PIDFILE" "--config $SIP_CONFIG"; }
 
 # Python helpers (stdlib only).
 # udp-free PORT: exit 0 if 127.0.0.1:PORT can be bound for UDP and TCP.
@@ -217,7 +192,6 @@ sip_health_status() { python3 -c "$PY_NET" health "$HEALTH_PORT"; }
 stack() { bash "$STACK_SH" "$@" 9>&-; }
 
 # ---------------------------------------------------------------- install
-
 
 install_sipp() {
     have sipp && return 0
@@ -400,85 +374,37 @@ sip_healthy() {
     return 0
 }
 
+# SIGINT stops the bridge: it ends its calls and exits at once (SIGTERM waits for calls to end).
 sip_start() {
-    local pid newcfg
-    newcfg=$SIP_CONFIG.new
+    local newcfg=$SIP_CONFIG.new pid
     write_sip_config "$newcfg"
     pid=$(sip_pid)
-    if [[ -n $pid ]]; then
-        if cmp -s -- "$newcfg" "$SIP_CONFIG" && sip_healthy; then
-            rm -f -- "$newcfg"
-            info "livekit-sip already up (pid $pid, sip:127.0.0.1:$SIP_PORT)"
-            return 0
-        fi
-        if cmp -s -- "$newcfg" "$SIP_CONFIG"; then
-            info "livekit-sip (pid $pid) is not healthy ($SIP_HEALTH_DETAIL); restarting it"
-        else
-            info "livekit-sip config changed; restarting livekit-sip (pid $pid)"
-        fi
-        # SIGINT: livekit-sip ends its calls and exits at once (SIGTERM waits for calls to end).
-        stop_pid "$pid" livekit-sip 20 INT
+    if keep_or_stop livekit-sip "$pid" "$newcfg" "$SIP_CONFIG" sip_healthy SIP_HEALTH_DETAIL INT; then
+        info "livekit-sip already up (pid $pid, sip:127.0.0.1:$SIP_PORT)"
+        return 0
     fi
     rm -f -- "$SIP_PIDFILE"
-    mv -f -- "$newcfg" "$SIP_CONFIG"
     port_free "$SIP_PORT" \
         || die "127.0.0.1:$SIP_PORT (UDP or TCP) is taken by a process not started by $PROG; free it or set TRUNKLINE_SIP_PORT"
     port_free "$HEALTH_PORT" \
         || die "127.0.0.1:$HEALTH_PORT (the bridge's health port) is taken by a process not started by $PROG; free it or set TRUNKLINE_SIP_HEALTH_PORT"
 
-    # livekit-sip reads these variables as defaults or instead of --config.
-    local -a unset_env=()
-    local v
-    for v in $(compgen -e); do
-        case $v in
-            LIVEKIT_* | SIP_CONFIG_FILE | SIP_CONFIG_BODY) unset_env+=(-u "$v") ;;
-        esac
-    done
-
     info "starting livekit-sip v$SIP_VERSION on sip:127.0.0.1:$SIP_PORT (rtp $RTP_PORTS, livekit $LK_WS_URL, redis $LK_REDIS_ADDR db $LK_REDIS_DB)"
-    printf '\n=== %s starting %s --config %s\n' "$(date -u +%FT%TZ)" "$SIP_BIN" "$SIP_CONFIG" >>"$SIP_LOG"
-    # No job control here, so setsid execs in place: $! is the bridge's own pid.
-    nohup setsid env "${unset_env[@]}" "$SIP_BIN" --config "$SIP_CONFIG" \
-        >>"$SIP_LOG" 2>&1 </dev/null 9>&- &
-    pid=$!
-    printf '%s\n' "$pid" >"$SIP_PIDFILE"
-
-    local deadline=$((SECONDS + SIP_WAIT))
+    # livekit-sip reads these variables as defaults or instead of --config.
+    start_daemon "$SIP_PIDFILE" "$SIP_LOG" '^(LIVEKIT_.*|SIP_CONFIG_FILE|SIP_CONFIG_BODY)$' \
+        "$SIP_BIN" --config "$SIP_CONFIG"
     SIP_HEALTH_DETAIL="not checked yet"
-    while ((SECONDS < deadline)); do
-        if ! pid_alive "$pid"; then
-            rm -f -- "$SIP_PIDFILE"
-            show_log_tail "$SIP_LOG"
-            die "livekit-sip exited during startup (see above; log $SIP_LOG, config $SIP_CONFIG)"
-        fi
-        if sip_healthy; then
-            info "livekit-sip up (pid $pid, sip:127.0.0.1:$SIP_PORT, registered with livekit over redis)"
-            return 0
-        fi
-        sleep 0.25
-    done
-    show_log_tail "$SIP_LOG"
-    stop_pid "$pid" livekit-sip 10 INT
-    rm -f -- "$SIP_PIDFILE"
-    die "livekit-sip did not become ready within ${SIP_WAIT}s: $SIP_HEALTH_DETAIL (log $SIP_LOG); stopped it"
-}
-
-sip_stop() {
-    local pid
-    pid=$(sip_pid)
-    if [[ -z $pid ]]; then
-        rm -f -- "$SIP_PIDFILE"
-        info "livekit-sip already down"
+    if await_daemon livekit-sip "$DAEMON_PID" "$SIP_PIDFILE" "$SIP_LOG" "$SIP_WAIT" sip_healthy INT; then
+        info "livekit-sip up (pid $DAEMON_PID, sip:127.0.0.1:$SIP_PORT, registered with livekit over redis)"
         return 0
     fi
-    info "stopping livekit-sip (pid $pid)"
-    stop_pid "$pid" livekit-sip 20 INT
-    rm -f -- "$SIP_PIDFILE"
+    die "livekit-sip did not become ready within ${SIP_WAIT}s: $SIP_HEALTH_DETAIL (log $SIP_LOG); stopped it"
 }
 
 # ---------------------------------------------------------------- commands
 
 cmd_up() {
+    need_python "SIP OPTIONS probe, JSON"
     install_sipp
     install_livekit_sip
     stack up
@@ -487,20 +413,12 @@ cmd_up() {
     info "bridge up; load its settings with: eval \"\$($PROG env)\""
 }
 
-cmd_down() {
-    sip_stop
-}
+cmd_down() { stop_daemon livekit-sip "$SIP_PIDFILE" "$(sip_pid)" INT; }
 
 cmd_status() {
-    local json=0
-    case ${1:-} in
-        --json) json=1 ;;
-        "") ;;
-        *) die "status: unknown option '$1' (use --json)" ;;
-    esac
-    [[ $# -le 1 ]] || die "status takes at most one option (--json)"
-    need_python
-    local pid up=false detail db="" redis_addr=""
+    local json pid up=false detail db="" redis_addr=""
+    json=$(json_option "$@")
+    need_python "SIP OPTIONS probe, JSON"
     pid=$(sip_pid)
     if [[ -n $pid ]]; then
         if stack status >/dev/null 2>&1 && read_stack_settings 2>/dev/null; then
@@ -540,53 +458,12 @@ PY
 }
 
 cmd_env() {
-    [[ $# -eq 0 ]] || die "env takes no arguments"
     printf 'export TRUNKLINE_SIP_HOST=%q\n' 127.0.0.1
     printf 'export TRUNKLINE_SIP_PORT=%q\n' "$SIP_PORT"
     printf 'export TRUNKLINE_SIP_RTP_PORTS=%q\n' "$RTP_PORTS"
     printf 'export SIPP_BIN=%q\n' "$(command -v sipp || echo sipp)"
 }
 
-cmd_logs() {
-    local lines=100 follow=1
-    while [[ $# -gt 0 ]]; do
-        case $1 in
-            -n) [[ $# -ge 2 ]] || die "logs: -n needs a number"; lines=$2; shift 2 ;;
-            --no-follow) follow=0; shift ;;
-            *) die "logs: unknown option '$1' (use -n N, --no-follow)" ;;
-        esac
-    done
-    require_uint "logs -n" "$lines" 0 1000000
-    if ((follow)); then
-        touch -- "$SIP_LOG"
-        exec tail -n "$lines" -F -- "$SIP_LOG"
-    fi
-    [[ -e $SIP_LOG ]] || die "no log yet at $SIP_LOG (run '$PROG up')"
-    tail -n "$lines" -- "$SIP_LOG"
-}
+cmd_logs() { tail_logs "$SIP_LOG" -- "$@"; }
 
-main() {
-    local cmd=${1:-}
-    [[ $# -gt 0 ]] && shift
-    case $cmd in
-        -h | --help | help) usage; return 0 ;;
-        "") usage >&2; return 2 ;;
-        install | up | down | status | env | logs) ;;
-        *) printf '%s: unknown command %q\n\n' "$PROG" "$cmd" >&2; usage >&2; return 2 ;;
-    esac
-    validate_settings
-    [[ $cmd == env ]] && { cmd_env "$@"; return; }
-    init_paths
-    case $cmd in
-        install | up | down) [[ $# -eq 0 ]] || die "$cmd takes no arguments" ;;
-    esac
-    case $cmd in
-        install) take_lock sip.lock; cmd_install ;;
-        up) need_python; take_lock sip.lock; cmd_up ;;
-        down) take_lock sip.lock; cmd_down ;;
-        status) cmd_status "$@" ;;
-        logs) cmd_logs "$@" ;;
-    esac
-}
-
-main "$@"
+run_main sip.lock "install up down status env logs" "$@"

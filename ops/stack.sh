@@ -9,13 +9,9 @@ readonly LIVEKIT_MODULE=github.com/livekit/livekit-server/cmd/server
 readonly LIVEKIT_DEV_KEY=devkey
 readonly LIVEKIT_DEV_SECRET=secret
 
-SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
-REPO_ROOT=$(dirname -- "$SCRIPT_DIR")
-PROG="ops/$(basename -- "${BASH_SOURCE[0]}")"
 # shellcheck source=ops/lib.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-STACK_DIR=${TRUNKLINE_STACK_DIR:-$REPO_ROOT/.stack}
 REDIS_PORT=${TRUNKLINE_REDIS_PORT:-6390}
 LK_REDIS_DB=${TRUNKLINE_LIVEKIT_REDIS_DB:-1}
 LK_PORT=${LIVEKIT_PORT:-7880}
@@ -82,9 +78,6 @@ EOF
 
 # ---------------------------------------------------------------- helpers
 
-
-
-
 validate_settings() {
     require_uint TRUNKLINE_REDIS_PORT "$REDIS_PORT" 1
     require_uint LIVEKIT_PORT "$LK_PORT" 1
@@ -101,8 +94,7 @@ validate_settings() {
 }
 
 init_paths() {
-    mkdir -p -- "$STACK_DIR" || die "cannot create state folder $STACK_DIR (TRUNKLINE_STACK_DIR)"
-    STACK_DIR=$(cd -- "$STACK_DIR" && pwd -P)
+    init_state_dir
     REDIS_DATA_DIR=$STACK_DIR/redis
     LOG_DIR=$STACK_DIR/logs
     RUN_DIR=$STACK_DIR/run
@@ -113,46 +105,17 @@ init_paths() {
     LK_PIDFILE=$RUN_DIR/livekit.pid
     LK_CONFIG=$STACK_DIR/livekit.yaml
     mkdir -p -- "$REDIS_DATA_DIR" "$LOG_DIR" "$RUN_DIR"
-    # Keep the state folder out of git without touching the repo's own files.
-    [[ -e $STACK_DIR/.gitignore ]] || printf '*\n' >"$STACK_DIR/.gitignore"
 }
 
-# Serialises install/up/down. fd 9 is closed for every daemon we start (9>&-): a daemon
+# fd 9 (the lock of install/up/down) is closed for every daemon we start (9>&-): a daemon
 # that inherited it would hold the lock for its whole life.
 
+redis_pid() { our_pid "$REDIS_PIDFILE" redis-server; }
 
-need_python() {
-    have python3 || die "python3 is required (JWT minting and HTTP checks); install it (apt-get install -y python3)"
-}
-
-
-
-
-# pid of our redis (from the pid file, checked against /proc), or nothing
-redis_pid() {
-    local pid
-    pid=$(read_pid "$REDIS_PIDFILE")
-    if [[ -n $pid ]] && pid_alive "$pid" && [[ $(cmdline_of "$pid") == *redis-server* ]]; then
-        printf '%s\n' "$pid"
-    fi
-}
-
-# pid of our livekit (its command line names our generated config), or nothing
-livekit_pid() {
-    local pid
-    pid=$(read_pid "$LK_PIDFILE")
-    if [[ -n $pid ]] && pid_alive "$pid" && [[ $(cmdline_of "$pid") == *"--config $LK_CONFIG"* ]]; then
-        printf '%s\n' "$pid"
-    fi
-}
-
-tcp_port_open() { # port: something accepts connections on 127.0.0.1:port
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
+# Ours when its command line names our generated config.
+livekit_pid() { our_pid "$LK_PIDFILE" "--config $LK_CONFIG"; }
 
 redis_ping() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
-
-
 
 # Python helper: HTTP GET / and Twirp POST with an HS256 JWT (stdlib only).
 # argv: mode(get|twirp) base_url [key secret path body grants_json]
@@ -225,17 +188,6 @@ livekit_healthy() { # sets LK_HEALTH_DETAIL
 }
 
 # ---------------------------------------------------------------- install
-
-
-install_redis() {
-    if have redis-server && have redis-cli; then
-        return 0
-    fi
-    # The package may start a system redis on 6379; we never use that one.
-    apt_install redis-server
-    have redis-server || die "redis-server still not on PATH after installing the Debian package"
-    have redis-cli || die "redis-cli not on PATH (Debian package redis-tools)"
-}
 
 resolve_livekit_bin() {
     if [[ -n ${LIVEKIT_SERVER_BIN:-} ]]; then
@@ -355,17 +307,7 @@ redis_start() {
     fi
     rm -f -- "$REDIS_PIDFILE"
     info "starting redis on 127.0.0.1:$REDIS_PORT (data $REDIS_DATA_DIR)"
-    if ! redis-server \
-        --bind 127.0.0.1 \
-        --port "$REDIS_PORT" \
-        --protected-mode yes \
-        --dir "$REDIS_DATA_DIR" \
-        --appendonly yes \
-        --appendfsync everysec \
-        --maxmemory-policy noeviction \
-        --daemonize yes \
-        --pidfile "$REDIS_PIDFILE" \
-        --logfile "$REDIS_LOG" 9>&-; then
+    if ! run_redis_server "$REDIS_PORT" "$REDIS_DATA_DIR" "$REDIS_PIDFILE" "$REDIS_LOG"; then
         show_log_tail "$REDIS_LOG"
         die "redis-server failed to start (see $REDIS_LOG)"
     fi
@@ -432,95 +374,52 @@ logging:
 EOF
 }
 
+# Waiting is hopeless (2) once livekit says its SIP service has no redis.
+livekit_ready() {
+    livekit_healthy && return 0
+    [[ $LK_HEALTH_DETAIL != *"sip not connected"* ]] || return 2
+    return 1
+}
+
 livekit_start() {
-    local pid newcfg
-    newcfg=$LK_CONFIG.new
+    local pid newcfg=$LK_CONFIG.new
     write_livekit_config "$newcfg"
     pid=$(livekit_pid)
-    if [[ -n $pid ]]; then
-        if cmp -s -- "$newcfg" "$LK_CONFIG" && livekit_healthy; then
-            rm -f -- "$newcfg"
-            info "livekit already up (pid $pid, http://127.0.0.1:$LK_PORT)"
-            return 0
-        fi
-        if cmp -s -- "$newcfg" "$LK_CONFIG"; then
-            info "livekit (pid $pid) is not healthy ($LK_HEALTH_DETAIL); restarting it"
-        else
-            # Refuse before stopping the running one if the new port is someone else's.
-            if [[ $(sed -n 's/^port: //p' "$LK_CONFIG" 2>/dev/null) != "$LK_PORT" ]] && tcp_port_open "$LK_PORT"; then
-                rm -f -- "$newcfg"
-                die "port 127.0.0.1:$LK_PORT is taken by a process not started by $PROG; stop it or set LIVEKIT_PORT (livekit pid $pid left running)"
-            fi
-            info "livekit config changed; restarting livekit (pid $pid)"
-        fi
-        stop_pid "$pid" livekit 20
+    # Refuse before stopping the running one if the new port is someone else's.
+    if [[ -n $pid ]] && ! cmp -s -- "$newcfg" "$LK_CONFIG" \
+        && [[ $(sed -n 's/^port: //p' "$LK_CONFIG" 2>/dev/null) != "$LK_PORT" ]] && tcp_port_open "$LK_PORT"; then
+        rm -f -- "$newcfg"
+        die "port 127.0.0.1:$LK_PORT is taken by a process not started by $PROG; stop it or set LIVEKIT_PORT (livekit pid $pid left running)"
+    fi
+    if keep_or_stop livekit "$pid" "$newcfg" "$LK_CONFIG" livekit_healthy LK_HEALTH_DETAIL; then
+        info "livekit already up (pid $pid, http://127.0.0.1:$LK_PORT)"
+        return 0
     fi
     rm -f -- "$LK_PIDFILE"
-    mv -f -- "$newcfg" "$LK_CONFIG"
     if tcp_port_open "$LK_PORT"; then
         die "port 127.0.0.1:$LK_PORT is taken by a process not started by $PROG; stop it or set LIVEKIT_PORT"
     fi
-
-    # livekit-server reads these variables as flags that override the config file.
-    local -a unset_env=()
-    local v
-    for v in $(compgen -e); do
-        case $v in
-            LIVEKIT_* | REDIS_HOST | REDIS_PASSWORD | UDP_PORT | NODE_IP) unset_env+=(-u "$v") ;;
-        esac
-    done
-
     info "starting livekit-server v$LIVEKIT_VERSION on http://127.0.0.1:$LK_PORT (redis db $LK_REDIS_DB, udp $LK_UDP_PORT)"
-    printf '\n=== %s starting %s --config %s --dev\n' "$(date -u +%FT%TZ)" "$LK_BIN" "$LK_CONFIG" >>"$LK_LOG"
-    # No job control here, so the child is never a process-group leader and setsid
-    # execs in place: $! is the server's own pid.
-    nohup setsid env "${unset_env[@]}" "$LK_BIN" --config "$LK_CONFIG" --dev \
-        >>"$LK_LOG" 2>&1 </dev/null 9>&- &
-    pid=$!
-    printf '%s\n' "$pid" >"$LK_PIDFILE"
-
-    local i
+    # livekit-server reads these variables as flags that override the config file.
+    start_daemon "$LK_PIDFILE" "$LK_LOG" '^(LIVEKIT_.*|REDIS_HOST|REDIS_PASSWORD|UDP_PORT|NODE_IP)$' \
+        "$LK_BIN" --config "$LK_CONFIG" --dev
     LK_HEALTH_DETAIL="not checked yet"
-    for ((i = 0; i < LIVEKIT_WAIT * 4; i++)); do
-        if ! pid_alive "$pid"; then
-            rm -f -- "$LK_PIDFILE"
-            show_log_tail "$LK_LOG"
-            die "livekit-server exited during startup (see above; log $LK_LOG, config $LK_CONFIG)"
-        fi
-        if livekit_healthy; then
-            info "livekit up (pid $pid, http://127.0.0.1:$LK_PORT, Twirp SIP OK)"
-            return 0
-        fi
-        if [[ $LK_HEALTH_DETAIL == *"sip not connected"* ]]; then
-            break
-        fi
-        sleep 0.25
-    done
-    show_log_tail "$LK_LOG"
-    stop_pid "$pid" livekit 10
-    rm -f -- "$LK_PIDFILE"
+    if await_daemon livekit-server "$DAEMON_PID" "$LK_PIDFILE" "$LK_LOG" "$LIVEKIT_WAIT" livekit_ready; then
+        info "livekit up (pid $DAEMON_PID, http://127.0.0.1:$LK_PORT, Twirp SIP OK)"
+        return 0
+    fi
     if [[ $LK_HEALTH_DETAIL == *"sip not connected"* ]]; then
         die "livekit answers 'sip not connected (redis required)': its redis wiring is wrong; check 'redis:' in $LK_CONFIG and that redis answers on 127.0.0.1:$REDIS_PORT"
     fi
     die "livekit did not become healthy within ${LIVEKIT_WAIT}s: $LK_HEALTH_DETAIL (log $LK_LOG); stopped it"
 }
 
-livekit_stop() {
-    local pid
-    pid=$(livekit_pid)
-    if [[ -z $pid ]]; then
-        rm -f -- "$LK_PIDFILE"
-        info "livekit already down"
-        return 0
-    fi
-    info "stopping livekit (pid $pid)"
-    stop_pid "$pid" livekit 20
-    rm -f -- "$LK_PIDFILE"
-}
+livekit_stop() { stop_daemon livekit "$LK_PIDFILE" "$(livekit_pid)"; }
 
 # ---------------------------------------------------------------- commands
 
 cmd_up() {
+    need_python "JWT minting and HTTP checks"
     install_redis
     install_livekit
     redis_start
@@ -534,14 +433,8 @@ cmd_down() {
 }
 
 cmd_status() {
-    local json=0
-    case ${1:-} in
-        --json) json=1 ;;
-        "") ;;
-        *) die "status: unknown option '$1' (use --json)" ;;
-    esac
-    [[ $# -le 1 ]] || die "status takes at most one option (--json)"
-    local r_pid r_up=false r_detail lk_pid lk_up=false lk_detail
+    local json r_pid r_up=false r_detail lk_pid lk_up=false lk_detail
+    json=$(json_option "$@")
     r_pid=$(redis_pid)
     if [[ -n $r_pid ]] && have redis-cli && redis_ping; then
         r_up=true
@@ -555,7 +448,7 @@ cmd_status() {
     fi
     lk_pid=$(livekit_pid)
     if [[ -n $lk_pid ]]; then
-        need_python
+        need_python "JWT minting and HTTP checks"
         if livekit_healthy; then
             lk_up=true
             lk_detail=ok
@@ -569,7 +462,7 @@ cmd_status() {
     fi
 
     if ((json)); then
-        need_python
+        need_python "JWT minting and HTTP checks"
         python3 - "$STACK_DIR" \
             redis "$r_up" "$r_pid" "127.0.0.1:$REDIS_PORT" "redis://127.0.0.1:$REDIS_PORT/0" "$REDIS_LOG" "$r_detail" \
             livekit "$lk_up" "$lk_pid" "127.0.0.1:$LK_PORT" "http://127.0.0.1:$LK_PORT" "$LK_LOG" "$lk_detail" \
@@ -597,37 +490,17 @@ PY
 }
 
 cmd_env() {
-    [[ $# -eq 0 ]] || die "env takes no arguments"
     printf 'export REDIS_URL=%q\n' "redis://127.0.0.1:$REDIS_PORT/0"
     printf 'export LIVEKIT_URL=%q\n' "http://127.0.0.1:$LK_PORT"
     printf 'export LIVEKIT_API_KEY=%q\n' "$LIVEKIT_DEV_KEY"
     printf 'export LIVEKIT_API_SECRET=%q\n' "$LIVEKIT_DEV_SECRET"
 }
 
-cmd_logs() {
-    local lines=100 follow=1
-    while [[ $# -gt 0 ]]; do
-        case $1 in
-            -n) [[ $# -ge 2 ]] || die "logs: -n needs a number"; lines=$2; shift 2 ;;
-            --no-follow) follow=0; shift ;;
-            *) die "logs: unknown option '$1' (use -n N, --no-follow)" ;;
-        esac
-    done
-    require_uint "logs -n" "$lines" 0 1000000
-    local -a files=()
-    [[ -e $REDIS_LOG ]] && files+=("$REDIS_LOG")
-    [[ -e $LK_LOG ]] && files+=("$LK_LOG")
-    if ((follow)); then
-        touch -- "$REDIS_LOG" "$LK_LOG"
-        exec tail -n "$lines" -F -- "$REDIS_LOG" "$LK_LOG"
-    fi
-    [[ ${#files[@]} -gt 0 ]] || die "no logs yet in $LOG_DIR (run '$PROG up')"
-    tail -n "$lines" -- "${files[@]}"
-}
+cmd_logs() { tail_logs "$REDIS_LOG" "$LK_LOG" -- "$@"; }
 
 cmd_twirp() {
     [[ $# -ge 1 && $# -le 2 ]] || die "usage: $PROG twirp [Service/]Method [JSON]"
-    need_python
+    need_python "JWT minting and HTTP checks"
     local path=$1 body=${2:-"{}"}
     [[ $path == */* ]] || path=livekit.SIP/$path
     twirp_call "$path" "$body" \
@@ -637,29 +510,4 @@ cmd_twirp() {
     [[ $TWIRP_STATUS == 2?? ]]
 }
 
-main() {
-    local cmd=${1:-}
-    [[ $# -gt 0 ]] && shift
-    case $cmd in
-        -h | --help | help) usage; return 0 ;;
-        "") usage >&2; return 2 ;;
-        install | up | down | status | env | logs | twirp) ;;
-        *) printf '%s: unknown command %q\n\n' "$PROG" "$cmd" >&2; usage >&2; return 2 ;;
-    esac
-    validate_settings
-    [[ $cmd == env ]] && { cmd_env "$@"; return; }
-    init_paths
-    case $cmd in
-        install | up | down) [[ $# -eq 0 ]] || die "$cmd takes no arguments" ;;
-    esac
-    case $cmd in
-        install) take_lock ops.lock; cmd_install ;;
-        up) need_python; take_lock ops.lock; cmd_up ;;
-        down) take_lock ops.lock; cmd_down ;;
-        status) cmd_status "$@" ;;
-        logs) cmd_logs "$@" ;;
-        twirp) cmd_twirp "$@" ;;
-    esac
-}
-
-main "$@"
+run_main ops.lock "install up down status env logs twirp" "$@"

@@ -6,7 +6,6 @@ Age is made by moving a job's index score into the past, as if it finished long 
 from __future__ import annotations
 
 import time
-from typing import cast
 
 import fakeredis
 import pytest
@@ -103,4 +102,4 @@ def test_a_bad_retention_setting_is_named(world: World,
     monkeypatch.setattr(ops.context, "make_context", OpsContext.from_env)
     result = world.cli("retention", "show")
     assert result.exit_code == 2
-    assert "TRUNKLINE_RETAIN_RESULTS_DAYS" in cast(str, result.stderr)
+    assert "TRUNKLINE_RETAIN_RESULTS_DAYS" in result.stderr

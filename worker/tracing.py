@@ -329,7 +329,10 @@ def run_span(job: Job, start_time_ns: int) -> AbstractContextManager[trace.Span 
 
 
 def event_span(job: Job) -> AbstractContextManager[trace.Span | None]:
-    """The span around the job's end: its terminal write and its one event."""
+    """The span around the job's end (its terminal write and its one event), inside the run's."""
+    # The run's span tells, for less than a look-up of the provider would cost.
+    if not trace.get_current_span().get_span_context().is_valid:
+        return _NO_SPAN
     tracer = _tracer()
     if tracer is None:
         return _NO_SPAN

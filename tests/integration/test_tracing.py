@@ -271,6 +271,10 @@ def test_an_api_request_is_one_trace_through_the_queue_to_livekit_and_the_event(
     assert enqueue.service == "trunkline-api"
     assert enqueue.attributes[tracing.ORG_ID] == "org_trace"
     assert_one_trace_in_order(spans, job_id, "org_trace", receiver, request.span_id)
+    view = http.get(f"/api/jobs/{job_id}", headers={"X-API-KEY": key.api_key,
+                                                    "X-API-SECRET": key.api_secret})
+    traceparent = view.json()["data"]["trace_context"]["traceparent"]
+    assert traceparent.startswith(f"00-{request.trace_id}-{enqueue.span_id}-")
     assert_no_secret(receiver, key.api_secret,
                      stored_ciphertext(JobStore(redis_db), job_id))
 

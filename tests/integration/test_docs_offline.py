@@ -12,7 +12,7 @@ from selenium.webdriver.common.by import By
 
 from tests.integration.apiserver import ApiServer, start_api
 from tests.integration.conftest import Stack
-from tests.support.browser import Browser, chromium
+from tests.support.browser import Browser, browser_fixture  # noqa: F401 - `browser`
 
 pytestmark = [pytest.mark.integration]
 
@@ -24,12 +24,6 @@ def api(stack: Stack, tmp_path: Path) -> Iterator[ApiServer]:
     server = start_api(stack, tmp_path / "api.log")
     yield server
     server.stop()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    with chromium(tmp_path / "chromedriver.log") as opened:
-        yield opened
 
 
 def test_docs_render_every_route_from_the_server_alone(api: ApiServer, browser: Browser) -> None:

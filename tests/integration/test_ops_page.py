@@ -27,7 +27,7 @@ from tests.integration.conftest import (
     stream_events,
     wait_for,
 )
-from tests.support.browser import Browser, chromium
+from tests.support.browser import Browser, browser_fixture  # noqa: F401 - `browser`
 from worker.livekit import InboundTrunk, LiveKitSIP
 from worker.records import Job, JobState
 from worker.store import RESULTS_STREAM
@@ -50,12 +50,6 @@ def api(stack: Stack, tmp_path: Path) -> Iterator[ApiServer]:
     server = start_api(stack, tmp_path / "api.log")
     yield server
     server.stop()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
-    with chromium(tmp_path / "chromedriver.log") as opened:
-        yield opened
 
 
 def trunkline(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

@@ -149,6 +149,13 @@ def _options(binary: str) -> webdriver.ChromeOptions:
     return options
 
 
+@pytest.fixture(name="browser")
+def browser_fixture(tmp_path: Path) -> Iterator[Browser]:
+    """`browser`: a headless Chromium for one test (import this into the test module)."""
+    with chromium(tmp_path / "chromedriver.log") as opened:
+        yield opened
+
+
 @contextlib.contextmanager
 def chromium(log_path: Path | None = None) -> Iterator[Browser]:
     """A headless Chromium for one test (or module); quit when the block ends."""

@@ -6,7 +6,9 @@ import json
 
 import fakeredis
 import pytest
+from typer.testing import CliRunner
 
+import ops.cli
 import producers.keys as module
 from producers.keys import (
     ApiKeys,
@@ -197,3 +199,28 @@ def test_records_from_before_roles_are_organisation_keys(keys: ApiKeys) -> None:
 
     assert keys.authenticate(created.api_key, created.api_secret) == "org_1"
     assert keys.authenticate_operator(created.api_key, created.api_secret) is None
+
+
+def test_the_cli_makes_operator_keys_and_wants_exactly_one_kind(
+    keys: ApiKeys, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`trunkline keys create --operator` prints an operator key once; --org with --operator,
+    or neither, is a usage error (exit 2) that makes no key."""
+    monkeypatch.setattr(ops.cli, "_api_keys", lambda: keys)
+    runner = CliRunner()
+
+    made = runner.invoke(ops.cli.app, ["keys", "create", "--operator", "--name", "on-call",
+                                       "--json"])
+    neither = runner.invoke(ops.cli.app, ["keys", "create"])
+    both = runner.invoke(ops.cli.app, ["keys", "create", "--org", "org_1", "--operator"])
+    listed = runner.invoke(ops.cli.app, ["keys", "list", "--json"])
+
+    assert made.exit_code == 0, made.output
+    created = json.loads(made.stdout)
+    assert created["role"] == "operator"
+    assert keys.authenticate_operator(created["api_key"], created["api_secret"])
+    assert (neither.exit_code, both.exit_code) == (2, 2)
+    assert "--operator" in neither.output
+    assert [(k["api_key"], k["role"]) for k in json.loads(listed.stdout)] == [
+        (created["api_key"], "operator")]
+    assert created["api_secret"] not in listed.stdout

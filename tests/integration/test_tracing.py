@@ -340,3 +340,17 @@ def test_a_python_client_submit_is_continued_by_the_worker(
     assert only(spans, tracing.RUN).parent_span_id == f"{enqueue.context.span_id:016x}"
     assert_one_trace_in_order(spans, job_id, "org_py", receiver, None)
     assert_no_secret(receiver, stored_ciphertext(client.store, job_id))
+
+
+def test_a_stopping_worker_exports_the_spans_it_still_holds(
+    client: ProvisioningClient, receiver: OtlpReceiver, worker_factory: WorkerFactory,
+) -> None:
+    """A prefork child leaves with os._exit, past the SDK's atexit hook: the worker's
+    process-shutdown hook exports what its batch still holds."""
+    worker = worker_factory(**{**otel_env(receiver), "OTEL_BSP_SCHEDULE_DELAY": "600000"})
+    job_id = client.submit(org_id="org_stop", request=SEED_REQUEST)
+    assert client.wait(job_id, timeout=SPAN_WAIT_SECONDS).state.value == "succeeded"
+    assert receiver.of_job(job_id) == []  # held in the batch: the next export is 10 min away
+    worker.stop()
+    spans = wait_for_job_trace(receiver, job_id, None)
+    assert_one_trace_in_order(spans, job_id, "org_stop", receiver, None)

@@ -212,15 +212,12 @@ def signal_workers(workers: list[WorkerProcess], signum: signal.Signals) -> None
 
 
 def restart_command(db: redis.Redis, port: int) -> list[str]:
-    """How ops/sentinel.sh started this server (its data folder, pid and log files), read
-    back from the server, so it can be started again after a crash as a supervisor would."""
-    def get(name: str) -> str:
-        return str(db.config_get(name)[name])
-
-    return ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", get("dir"),
-            "--appendonly", "yes", "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction", "--daemonize", "yes",
-            "--pidfile", get("pidfile"), "--logfile", get("logfile")]
+    """How to start this server again after a crash, as a supervisor would: its port, data
+    folder, pid and log files and persistence settings, read back from the server itself."""
+    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--daemonize", "yes"]
+    for name in ("dir", "pidfile", "logfile", "appendonly", "appendfsync", "maxmemory-policy"):
+        command += [f"--{name}", str(db.config_get(name)[name])]
+    return command
 
 
 @pytest.mark.timeout(465)

@@ -232,3 +232,29 @@ def test_the_saved_copies_are_sealed_and_never_shown(world: World) -> None:
     for secret in (PASSWORD, NEW_PASSWORD):
         assert secret not in view
         assert secret.encode() not in raw
+
+
+def test_a_replayed_update_copies_the_objects_again(world: World) -> None:
+    """Between a refused update and its replay an operator changes a trunk: the replay's
+    rollback keeps that change (it copies again), and its success keeps it too."""
+    ids = world.provision()
+    world.operator_edits(ids)
+    refusal = Fault.http(400, "refused", code="invalid_argument")
+    world.h.fake.inject("UpdateSIPDispatchRule", refusal)
+    job = world.run(world.update_job({"authPassword": NEW_PASSWORD, "roomPrefix": "sales-"}))
+    assert job.state is JobState.FAILED
+    outbound = world.objects(ids)[ObjectKind.OUTBOUND_TRUNK]
+    world.h.livekit.replace_object(outbound.merged({"headers": {"X-Route": "us"}}))
+    edited = world.objects(ids)
+
+    world.h.store.replay(job.job_id, deadline=time.time() + 30)
+    world.h.fake.inject("UpdateSIPDispatchRule", refusal)
+    job = world.run(job)
+    assert (job.state, job.run) == (JobState.FAILED, 2)
+    assert world.objects(ids) == edited
+
+    world.h.store.replay(job.job_id, deadline=time.time() + 30)
+    job = world.run(job)
+    assert job.state is JobState.SUCCEEDED, job.error
+    after = world.objects(ids)[ObjectKind.OUTBOUND_TRUNK]
+    assert after == edited[ObjectKind.OUTBOUND_TRUNK].merged({"auth_password": NEW_PASSWORD})

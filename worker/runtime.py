@@ -81,9 +81,11 @@ def redis_client(settings: Settings, *, socket_timeout: float = 10.0,
     pool (FollowingSentinelPool); a changed address drops the idle connections, so the next
     command opens one to the new primary. A demoted primary answers writes with READONLY,
     which redis-py turns into a ConnectionError for these clients; that error, and the
-    connections a failover closes, are retried by the client's default Retry (10 attempts,
-    backoff up to 1 s), each on a freshly resolved primary. Registered Lua scripts reload
-    themselves on the new primary (EVALSHA, then EVAL on NOSCRIPT).
+    connections a failover closes, reach the caller at once: redis-py gives its default Retry
+    only to clients that build their own pool, not to these (from_url, master_for), so a
+    command is never sent twice. The next command opens a connection to the freshly resolved
+    primary. Registered Lua scripts reload themselves on the new primary (EVALSHA, then EVAL
+    on NOSCRIPT).
     """
     if not settings.uses_sentinel:
         return redis.Redis.from_url(

@@ -16,9 +16,11 @@ it compensates and is dead-lettered.
 Retention (`worker.retention.Retention`, the module the beat task runs) is applied every
 `--retention-every` jobs with every horizon at `--horizon` seconds, and Redis `used_memory` is
 sampled every `--sample-every` jobs. Reported: the memory slope (bytes per job, least squares)
-over the first window (filling, before anything is old enough to go) and the last window,
-and what one kept job costs in Redis bytes, two ways (the steady-state memory over the jobs
-kept, and the sum of MEMORY USAGE over the keys a job leaves).
+over the first window (filling, before anything is old enough to go) and the last window;
+since an age bound keeps rate x horizon jobs, also a fit of memory against the jobs kept and
+its residual per job run (a leak shows there whatever the rate did); and what one kept job
+costs in Redis bytes, two ways (the fit's slope, and the sum of MEMORY USAGE over the keys a
+job leaves).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -146,7 +148,7 @@ class SoakResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def slope(points: list[tuple[float, float]]) -> float:
+def slope(points: Sequence[tuple[float, float]]) -> float:
     """Least-squares slope of y over x."""
     n = len(points)
     if n < 2:
@@ -391,6 +393,7 @@ class Soak:
                     "min": round(per_kept[0], 1), "median": round(statistics.median(per_kept), 1),
                     "max": round(per_kept[-1], 1)} if per_kept else None,
             },
+            "fit": self._fit(steady),
             "used_memory_baseline": baseline.used_memory,
             "used_memory_end": end.used_memory,
             "used_memory_peak": max(s.used_memory for s in samples),
@@ -400,6 +403,23 @@ class Soak:
                 if mean_steady is not None and mean_kept else None),
             "bytes_per_job_by_key": self._bytes_by_key(),
         }
+
+    @staticmethod
+    def _fit(steady: list[Sample]) -> dict[str, float] | None:
+        """used_memory = fixed + per_kept_job x finished jobs kept, fitted over the steady
+        samples, and what is left over per job run: ~0 when memory is what retention keeps
+        and nothing else grows (a leak would show here, whatever the rate did)."""
+        if len(steady) < 3:
+            return None
+        per_kept = slope([(s.finished_jobs, s.used_memory) for s in steady])
+        fixed = (statistics.mean(s.used_memory for s in steady)
+                 - per_kept * statistics.mean(s.finished_jobs for s in steady))
+        residuals = [(s.jobs, s.used_memory - fixed - per_kept * s.finished_jobs)
+                     for s in steady]
+        return {"fixed_bytes": round(fixed), "bytes_per_kept_job": round(per_kept, 1),
+                "residual_bytes_per_job": round(slope(residuals), 2),
+                "residual_min": round(min(r for _, r in residuals)),
+                "residual_max": round(max(r for _, r in residuals))}
 
     def _bytes_by_key(self) -> dict[str, float]:
         """MEMORY USAGE of what one kept job leaves, from a sample of kept jobs; shared

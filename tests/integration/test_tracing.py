@@ -23,16 +23,12 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.util._once import Once
 
 from producers import ProvisioningClient
 from producers.keys import ApiKeys
@@ -45,6 +41,7 @@ from tests.integration.conftest import (
     WorkerFactory,
     wait_for,
 )
+from tests.support.otel import in_memory_spans
 from worker import tracing
 from worker.store import JobStore
 
@@ -308,17 +305,8 @@ def test_a_crm_webhook_is_one_trace_through_the_queue_to_livekit_and_the_event(
 @pytest.fixture
 def in_process_spans() -> Iterator[InMemorySpanExporter]:
     """This process as an application that installed its own tracer provider (in memory)."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    # OpenTelemetry lets a process install its provider once; its test utilities reset it so.
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-    trace.set_tracer_provider(provider)
-    yield exporter
-    provider.shutdown()
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
+    with in_memory_spans() as exporter:
+        yield exporter
 
 
 def test_a_python_client_submit_is_continued_by_the_worker(

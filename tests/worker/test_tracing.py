@@ -16,13 +16,13 @@ from fastapi.testclient import TestClient
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from opentelemetry.util._once import Once
 from pydantic import ValidationError
 
 from producers.client import ProvisioningClient
+from tests.support.otel import forget_global_provider, in_memory_spans
 from tests.worker.fake_livekit import API_SECRET, NUMBER, ORG, PASSWORD, Fault, Harness
 from worker import tracing
 from worker.app import create_app
@@ -37,13 +37,6 @@ OTEL_VARIABLES = ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OT
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def _forget_global_provider() -> None:
-    # OpenTelemetry lets a process install its tracer provider once; its own test utilities
-    # reset these two globals the same way.
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-
-
 @pytest.fixture(autouse=True)
 def no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in OTEL_VARIABLES:
@@ -55,14 +48,8 @@ def no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """An in-memory exporter behind the process's tracer provider, for this test only."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    _forget_global_provider()
-    trace.set_tracer_provider(provider)
-    yield exporter
-    provider.shutdown()
-    _forget_global_provider()
+    with in_memory_spans() as exporter:
+        yield exporter
 
 
 @pytest.fixture
@@ -217,7 +204,7 @@ def test_configure_tracing_installs_the_provider_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The first call installs the provider the variables describe; later calls keep it."""
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
-    _forget_global_provider()
+    forget_global_provider()
     try:
         assert tracing.configure_tracing(tracing.SERVICE_WORKER) is True
         installed = trace.get_tracer_provider()
@@ -230,7 +217,7 @@ def test_configure_tracing_installs_the_provider_once(
         provider = trace.get_tracer_provider()
         if isinstance(provider, TracerProvider):
             provider.shutdown()
-        _forget_global_provider()
+        forget_global_provider()
 
 
 def test_secret_headers_are_always_redacted_on_top_of_the_operators_list(

@@ -25,7 +25,7 @@ Instrumentation, and what it may record:
 * FastAPI (`instrument_api`): route, method, status, client address; no bodies; the same
   redaction for `OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST` (API secrets,
   webhook signatures). The ASGI `receive`/`send` sub-spans are left out: two per request, and
-  they say nothing about a job.
+  they say nothing about a job; so are the probes and `/metrics` (`PROBE_URLS`).
 * Celery: not used. Our producer writes the message in a Redis script, so its headers carry no
   context, and the instrumentation's per-delivery span starts before the job record (which
   does carry it) is read: every delivery would be a trace of its own. The run span here is
@@ -95,6 +95,9 @@ SECRET_HEADERS: Final = ("authorization", "proxy-authorization", "cookie", "set-
                          "x-api-key", "x-api-secret", "webhook-signature")
 SANITIZE_ENV: Final = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
 
+# Probes and scrapes come every few seconds and belong to no job: untraced unless the operator
+# sets OTEL_PYTHON_FASTAPI_EXCLUDED_URLS or OTEL_PYTHON_EXCLUDED_URLS (regexes, comma-separated).
+PROBE_URLS: Final = "/healthz$,/readyz$,/metrics$"
 LIVEKIT_SIP_PATH: Final = "/twirp/livekit.SIP/"
 _EXPORTER_GROUP: Final = "opentelemetry_traces_exporter"
 _OTLP_BY_PROTOCOL: Final = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
@@ -275,8 +278,11 @@ def instrument_api(app: FastAPI) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: PLC0415
 
+    operators_exclusions = any(os.environ.get(name) for name in (
+        "OTEL_PYTHON_FASTAPI_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS"))
     FastAPIInstrumentor.instrument_app(
         app, exclude_spans=["receive", "send"],
+        excluded_urls=None if operators_exclusions else PROBE_URLS,
         http_capture_headers_sanitize_fields=sanitized_headers())
 
 

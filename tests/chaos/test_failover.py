@@ -15,8 +15,10 @@ the HSET: on the new primary the job's record stands and its message is nowhere 
 not unacked). The test makes that happen on purpose instead of waiting for luck: it freezes
 the workers while a consumer is blocked in BRPOP, submits one more job (the consumer's BRPOP
 takes its message at once, and the reply waits in the frozen worker's socket), lets the
-replica catch up and kills the primary. Whatever the recovery path (the sweeper re-sends the
-job at its deadline), that job and every other accepted one must end exactly once.
+producers queue a backlog meanwhile, lets the replica catch up and kills the primary; then the
+workers go on. Whatever the recovery path (the sweeper re-sends the job at its deadline), that
+job and every other accepted one must end exactly once. A worker that exits on the reconnection
+(kombu can take one down) is started again, as a supervisor would, and counted.
 """
 
 from __future__ import annotations

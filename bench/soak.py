@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -459,49 +459,51 @@ class Soak:
         return found
 
 
+# Whole-number options: flag, default, minimum, help.
+COUNTS = (
+    ("--jobs", 100_000, 1, "jobs in all"),
+    ("--numbers", 500, 1, "numbers cycled through create and release"),
+    ("--retention-every", 1000, 1, "apply retention every this many jobs"),
+    ("--sample-every", 1000, 1, "sample Redis used_memory every this many jobs"),
+    ("--refuse-every", 100, 0, "one create in this many is refused and dead-lettered (0: none)"),
+    ("--lanes", 4, 1, "producer-and-worker pairs running at once, one thread each"),
+    ("--own-redis-port", 0, 0, "loopback port of the run's own redis-server (0: a free one)"),
+    ("--redis-db", 4, 0, "database used with --redis-url"),
+)
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def parse_args(argv: list[str] | None = None) -> SoakOptions:
     parser = argparse.ArgumentParser(
         prog="python -m bench.soak",
         description="Redis memory under retention over many jobs (see the module docstring). "
                     "Starts a redis-server of its own unless --redis-url is given.")
-    parser.add_argument("--jobs", type=int, default=100_000, help="jobs in all (default 100000)")
-    parser.add_argument("--numbers", type=int, default=500,
-                        help="numbers cycled through create and release (default 500)")
+    for flag, default, minimum, text in COUNTS:
+        parser.add_argument(flag, type=_at_least(minimum), default=default,
+                            help=f"{text} (default {default})")
     parser.add_argument("--horizon", type=float, default=60.0,
                         help="retention of finished jobs, dead letters and results, seconds "
                              "(default 60)")
-    parser.add_argument("--retention-every", type=int, default=1000,
-                        help="apply retention every this many jobs (default 1000)")
-    parser.add_argument("--sample-every", type=int, default=1000,
-                        help="sample Redis used_memory every this many jobs (default 1000)")
-    parser.add_argument("--refuse-every", type=int, default=100,
-                        help="one create in this many is refused and dead-lettered "
-                             "(default 100; 0: none)")
-    parser.add_argument("--lanes", type=int, default=4,
-                        help="producer-and-worker pairs running at once, one thread each "
-                             "(default 4)")
     parser.add_argument("--redis-url", default=None,
                         help="use this Redis (its --redis-db is flushed) instead of one of "
                              "the run's own; used_memory is server-wide, so others' data counts")
-    parser.add_argument("--own-redis-port", type=int, default=0,
-                        help="loopback port of the run's own redis-server (default: a free one)")
-    parser.add_argument("--redis-db", type=int, default=4,
-                        help="database used with --redis-url (default 4)")
     parser.add_argument("--json", dest="json_path", type=Path, default=None,
                         help="write the result here")
     args = parser.parse_args(argv)
-    for name in ("jobs", "numbers", "retention_every", "sample_every", "lanes"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.horizon <= 0 or args.refuse_every < 0:
-        parser.error("--horizon must be positive and --refuse-every at least 0")
+    if args.horizon <= 0:
+        parser.error("--horizon must be positive")
     if args.numbers < args.lanes:
         parser.error("--numbers must be at least --lanes (each lane cycles numbers of its own)")
-    return SoakOptions(jobs=args.jobs, numbers=args.numbers, horizon=args.horizon,
-                       retention_every=args.retention_every, sample_every=args.sample_every,
-                       refuse_every=args.refuse_every, lanes=args.lanes, redis_url=args.redis_url,
-                       redis_db=args.redis_db, own_redis_port=args.own_redis_port,
-                       json_path=args.json_path)
+    return SoakOptions(**vars(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ from producers.api.answers import accepted, job_response
 from producers.api.errors import ApiError, validation_error
 from producers.api.inputs import Preference
 from producers.api.state import ApiState
+from producers.client import NumberNotFound
 from worker.contract import InvalidRequest, ProvisionRequest
 from worker.records import Job, JobState
 from worker.store import IdempotencyConflict
@@ -57,12 +58,21 @@ async def admit(state: ApiState, org_id: str, request: ProvisionRequest, key: st
                        headers={"Retry-After": "5"} if exc.retryable else None) from None
 
 
-def submit_lifecycle(state: ApiState, org_id: str, key: str | None,
-                     submit: Submit) -> tuple[str, bool]:
-    """Run an update/release submit; returns (job id, replayed) or raises the API's error.
+async def submit_lifecycle(state: ApiState, org_id: str, key: str | None,
+                           submit: Submit) -> tuple[str, bool] | None:
+    """Run an update/release submit in the thread pool: (job id, replayed), None when the
+    organisation holds no such number, or the API's error.
 
     `replayed`: the Idempotency-Key already named this job before the call.
     """
+    try:
+        return await run_in_threadpool(_submit_lifecycle, state, org_id, key, submit)
+    except NumberNotFound:
+        return None
+
+
+def _submit_lifecycle(state: ApiState, org_id: str, key: str | None,
+                      submit: Submit) -> tuple[str, bool]:
     seen = state.client.store.find_idempotent(org_id, key) if key is not None else None
     try:
         job_id = submit()

@@ -125,11 +125,10 @@ async def update_phone_number(
         return state.client.update(org_id=org_id, number=canonical, changes=data,
                                    idempotency_key=key, source="api")
 
-    try:
-        job_id, replayed = await run_in_threadpool(submit_lifecycle, state, org_id, key,
-                                                   submit)
-    except NumberNotFound:
-        raise number_not_found(canonical) from None
+    submitted = await submit_lifecycle(state, org_id, key, submit)
+    if submitted is None:
+        raise number_not_found(canonical)
+    job_id, replayed = submitted
     return await answer(state, job_id, replayed=replayed, preference=preference)
 
 
@@ -156,12 +155,11 @@ async def release_phone_number(
         return state.client.release(org_id=org_id, number=canonical, idempotency_key=key,
                                     source="api")
 
-    try:
-        job_id, replayed = await run_in_threadpool(submit_lifecycle, state, org_id, key,
-                                                   submit)
-    except NumberNotFound:
+    submitted = await submit_lifecycle(state, org_id, key, submit)
+    if submitted is None:
         return JSONResponse(envelope(ALREADY_RELEASED_MESSAGE, "success",
                                      release_view(canonical, None)), headers=NO_STORE)
+    job_id, replayed = submitted
     return await answer(state, job_id, replayed=replayed, preference=preference)
 
 

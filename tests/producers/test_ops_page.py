@@ -368,6 +368,27 @@ def test_number_history_lists_the_jobs_of_every_organisation_for_that_number(
     assert ops.http.get("/ops/numbers", params={"number": "12"}).status_code == 400
 
 
+def test_number_history_reads_a_bounded_number_of_jobs_a_page(ops: Ops) -> None:
+    """No index by number: each page reads at most `scan_limit` jobs, newest first, and says
+    so; the next page searches older ones, down to the oldest."""
+    oldest = ops.submit(org="org_a")
+    for org in ("org_a", "org_b"):
+        ops.submit(org=org, number=OTHER_NUMBER)
+    ops.http.app.state.ops_page.data.scan_limit = 2
+    ops.login()
+
+    first = ops.http.get("/ops/numbers/%2B15551234567")
+    second = ops.http.get(_next(first))
+
+    def listed(page: Response) -> list[str]:
+        return re.findall(r'<td class="id"><a href="/ops/jobs/(job_[0-9a-f]{32})"', page.text)
+
+    assert listed(first) == []
+    assert "0 found among 2 jobs read so far" in first.text
+    assert listed(second) == [oldest]
+    assert "1 found among 1 job read (all of them)" in second.text
+
+
 def test_no_view_shows_a_password_its_ciphertext_or_a_key_secret(ops: Ops) -> None:
     job_id = ops.dead_letter()
     ops.login()

@@ -357,7 +357,8 @@ async def number_history(request: Request, number: str, session: Operator,
         return page.error(request, session, 400, BAD_CURSOR)
     return page.render(request, "number.html", session=session, number=canonical,
                        record=record, unreadable=unreadable, rows=listing.items,
-                       in_flight=in_flight, next_link=_next_link(request, listing.next_cursor))
+                       scanned=listing.scanned, in_flight=in_flight,
+                       next_link=_next_link(request, listing.next_cursor))
 
 
 # --------------------------------------------------------------------------- reconcile

@@ -4,17 +4,20 @@ records go through their `public_view`, which drops ciphertexts and fingerprints
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from ops.dlq import DeadLetter, DeadLetters
-from ops.paging import Page, zset_page
+from ops.paging import Page, decode_cursor, encode_cursor, zset_page
 from worker.records import Job, JobState, StepRecord, StepStatus
 from worker.store import JobStore, UnreadableRecord, load_job, raw_field
 
 MAX_PAGE = 100
+# A number's history reads job records in batches of SCAN_BATCH, at most SCAN_LIMIT a request,
+# then offers to search older ones.
+SCAN_BATCH = 500
+SCAN_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,16 @@ class JobRow:
     job_id: str
     job: Job | None
     unreadable: str | None = None
+
+
+@dataclass(frozen=True)
+class Search:
+    """A page of a search that reads every job: what matched, where to go on, how many were
+    read this time."""
+
+    items: list[JobRow]
+    next_cursor: str | None
+    scanned: int
 
 
 @dataclass(frozen=True)
@@ -170,9 +183,10 @@ def timeline(job: Job, now: datetime | None = None) -> Timeline:
 class OpsData:
     """The store, as the page reads it: a page at a time, newest first."""
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, *, scan_limit: int = SCAN_LIMIT) -> None:
         self.store = store
         self.letters = DeadLetters(store)
+        self.scan_limit = scan_limit
 
     def dead_letters(self, cursor: str | None, limit: int) -> Page[DeadLetter]:
         """Dead letters, newest first; ops.paging.BadCursor for a cursor not made here."""
@@ -192,40 +206,62 @@ class OpsData:
         pattern = self.store.keys.jobs_by_org("*")
         return sorted(_text(key) for key in self.store.redis.scan_iter(match=pattern, count=500))
 
-    def _rows(self, keep: Callable[[bytes], bool],
-              state: JobState | None) -> Callable[[list[str]], list[JobRow | None]]:
-        def load(ids: list[str]) -> list[JobRow | None]:
-            raws = cast(list[bytes | None],
-                        self.store.redis.mget([self.store.keys.job(i) for i in ids]))
-            rows: list[JobRow | None] = []
-            for job_id, raw in zip(ids, raws, strict=True):
-                if raw is None or not keep(raw):
-                    rows.append(None)
-                    continue
-                try:
-                    job = load_job(job_id, raw)
-                except UnreadableRecord as unreadable:
-                    rows.append(None if state else JobRow(job_id, None, unreadable.reason))
-                    continue
-                rows.append(JobRow(job_id, job) if state in (None, job.state) else None)
-            return rows
+    def _raws(self, ids: list[str]) -> list[tuple[str, bytes] | None]:
+        raws = cast(list[bytes | None],
+                    self.store.redis.mget([self.store.keys.job(i) for i in ids]))
+        return [None if raw is None else (job_id, raw)
+                for job_id, raw in zip(ids, raws, strict=True)]
 
-        return load
+    def _row(self, job_id: str, raw: bytes) -> JobRow:
+        try:
+            return JobRow(job_id, load_job(job_id, raw))
+        except UnreadableRecord as unreadable:
+            return JobRow(job_id, None, unreadable.reason)
 
     def jobs(self, cursor: str | None, limit: int, *, org: str | None = None,
              state: JobState | None = None) -> Page[JobRow]:
         """Every organisation's jobs (or one's), newest first."""
+        def load(ids: list[str]) -> list[JobRow | None]:
+            rows = [None if found is None else self._row(*found) for found in self._raws(ids)]
+            if state is None:
+                return rows
+            # An unreadable record has no state: it matches no state filter.
+            return [row if row is not None and row.job is not None and row.job.state is state
+                    else None for row in rows]
+
         return zset_page(self.store.redis, self._job_indexes(org), cursor=cursor, limit=limit,
-                         load=self._rows(lambda raw: True, state))
+                         load=load)
 
-    def number_jobs(self, number: str, cursor: str | None, limit: int) -> Page[JobRow]:
-        """Every job for `number`, whichever organisation sent it, newest first.
+    def number_jobs(self, number: str, cursor: str | None, limit: int) -> Search:
+        """Jobs for `number`, whichever organisation sent them, newest first.
 
-        There is no index by number: this reads the job indexes of every organisation, newest
-        first, until the page is full, matching the number in the stored bytes before parsing.
+        There is no index by number, so this reads the newest `scan_limit` entries of every
+        organisation's job index (after the cursor), then their records in batches (matching
+        the number in the stored bytes before parsing) until `limit` jobs are found; the
+        cursor goes on from the last job read. ops.paging.BadCursor for a forged cursor.
         """
-        return zset_page(self.store.redis, self._job_indexes(None), cursor=cursor, limit=limit,
-                         load=self._rows(lambda raw: raw_field(raw, "number") == number, None))
+        position = decode_cursor(cursor) if cursor else None
+        top: float | str = position[0] if position else "+inf"
+        entries: list[tuple[float, str]] = []
+        for index in self._job_indexes(None):
+            rows = cast(list[tuple[bytes, float]], self.store.redis.zrevrangebyscore(
+                index, top, "-inf", start=0, num=self.scan_limit, withscores=True))
+            entries += [entry for entry in ((float(s), _text(m)) for m, s in rows)
+                        if position is None or entry < position]
+        entries.sort(reverse=True)
+        entries = entries[:self.scan_limit]
+        found: list[JobRow] = []
+        read = 0
+        for start in range(0, len(entries), SCAN_BATCH):
+            batch = entries[start:start + SCAN_BATCH]
+            for loaded in self._raws([member for _, member in batch]):
+                if loaded is not None and raw_field(loaded[1], "number") == number:
+                    found.append(self._row(*loaded))
+            read += len(batch)
+            if len(found) >= limit:
+                break
+        more = read < len(entries) or len(entries) == self.scan_limit
+        return Search(found, encode_cursor(entries[read - 1]) if more and read else None, read)
 
     def job(self, job_id: str) -> Job | None:
         return self.store.get(job_id)

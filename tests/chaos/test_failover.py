@@ -73,7 +73,7 @@ PRODUCER_PAUSE = 0.2
 # 2 x 30 s + the first KILL_AFTER jobs accepted 30 s + staging 30 s + the backlog 15 s + the
 # replica catching up 10 s + promotion 20 s + a replica back 30 s + the producers done 60 s +
 # the last jobs 90 s + restarting each worker once (kombu can take one down, see supervised)
-# 2 x 30 s = 465 s. A run here takes 75-95 s, with other suites beside it.
+# 2 x 30 s = 465 s. A run here takes 50-100 s, with other suites beside it.
 FIRST_JOBS_BOUND = 30.0
 STAGE_BOUND = 30.0
 BACKLOG_BOUND = 15.0

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from producers import ProvisioningClient
 from tests.integration.apiserver import start_api
 from tests.integration.conftest import SEED_REQUEST, Stack, WorkerFactory
 from worker.livekit import InboundTrunk, LiveKitSIP
+from worker.reconcile import latest_report
 from worker.records import JobState, StepName
 from worker.saga import make_tag
 
@@ -61,10 +63,11 @@ def test_worker_logs_json_with_job_ids_and_serves_metrics(
 
 def test_beat_schedules_reconcile_and_its_findings_reach_metrics(
     stack: Stack, worker_factory: WorkerFactory, livekit: LiveKitSIP, tmp_path: Path,
-    unused_tcp_port: int,
+    unused_tcp_port: int, redis_db: redis.Redis,
 ) -> None:
-    """`celery -A worker beat` sends the reconcile report; its orphan count is exported."""
-    livekit.create_inbound_trunk(InboundTrunk(
+    """`celery -A worker beat` sends the reconcile report; its orphan count is exported and
+    its findings kept as the latest report."""
+    orphan = livekit.create_inbound_trunk(InboundTrunk(
         name="orphan", numbers=["+15559990000"],
         metadata=make_tag("job_gone", "org_x", StepName.INBOUND_TRUNK, "+15559990000")))
     multiproc = tmp_path / "prometheus"
@@ -91,6 +94,10 @@ def test_beat_schedules_reconcile_and_its_findings_reach_metrics(
         beat.wait(10)
     assert 'trunkline_reconcile_findings{kind="orphans"} 1.0' in metrics, worker.read_log()[-2000:]
     assert 'trunkline_reconcile_findings{kind="missing"} 0.0' in metrics
+    # Saved before the metrics are set, so it is there once they show.
+    saved = latest_report(redis_db)
+    assert saved is not None and saved["source"] == "beat"
+    assert [f["livekit_id"] for f in saved["orphans"]] == [orphan.sip_trunk_id]
 
 
 def test_api_logs_are_json_too(stack: Stack, tmp_path: Path) -> None:

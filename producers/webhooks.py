@@ -60,8 +60,10 @@ class SignatureError(Exception):
 def decode_secret(secret: str) -> bytes:
     if not secret.startswith(SECRET_PREFIX):
         raise ValueError(f"must start with {SECRET_PREFIX!r}")
+    encoded = secret[len(SECRET_PREFIX):]
     try:
-        key = base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+        # Unpadded base64 too: the Standard Webhooks reference libraries accept it.
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"must be {SECRET_PREFIX!r} followed by base64") from None
     if len(key) < 16:

@@ -248,3 +248,18 @@ def test_webhook_rate_limit_counts_the_sources_org(make_harness: HarnessFactory)
     raw = json.dumps(seed(number="+15551234568")).encode()
     answer = _post(harness, None, body=raw, sent=headers(raw, webhook_id="msg_2"))
     assert answer.status == 429
+
+
+@pytest.mark.parametrize("key", [bytes(range(16)), bytes(range(17)), bytes(range(18)),
+                                 bytes(range(24))])
+def test_secret_may_be_unpadded_base64(key: bytes) -> None:
+    """The Standard Webhooks reference libraries accept a secret without its '=' padding."""
+    padded = base64.b64encode(key).decode()
+    assert decode_secret("whsec_" + padded.rstrip("=")) == key
+    assert decode_secret("whsec_" + padded) == key
+
+
+@pytest.mark.parametrize("encoded", ["AAAA=AAAAAAAAAAAAAAAAAAA", "A" * 21 + "!", "A" * 25])
+def test_secret_that_is_not_base64_is_refused(encoded: str) -> None:
+    with pytest.raises(ValueError, match="followed by base64"):
+        decode_secret("whsec_" + encoded)

@@ -249,7 +249,7 @@ class Retention:
         run = _Run(self.clock(), RetentionReport(dry_run=dry_run), time.monotonic(),
                    budget_seconds, progress)
         if not dry_run:
-            run.report.backfilled = self._backfill(run.spent)
+            run.report.backfilled = self._backfill(run)
         for phase in (self._dead_letters, self._jobs, self._results):
             if run.spent() or not phase(run):
                 run.report.complete = False
@@ -329,7 +329,7 @@ class Retention:
     def backfill_done(self) -> bool:
         return self.redis.hget(self.backfill_key, "done") is not None
 
-    def _backfill(self, spent: Callable[[], bool]) -> int:
+    def _backfill(self, run: _Run) -> int:
         """Index jobs that finished before the finish script wrote `jobs:terminal`.
 
         A resumable SCAN of the job keys, once per deployment: its cursor is kept in Redis
@@ -353,11 +353,12 @@ class Retention:
                     finished[name.decode()[prefix_length:]] = at
             if finished:
                 indexed += int(cast(int, self.redis.zadd(self.keys.terminal, finished, nx=True)))
+            run.advance("backfill", len(names))
             if cursor == 0:
                 self.redis.hset(self.backfill_key, mapping={"cursor": 0, "done": self.clock()})
                 return indexed
             self.redis.hset(self.backfill_key, "cursor", cursor)
-            if spent():
+            if run.spent():
                 return indexed
 
     # --- what is kept -------------------------------------------------------------------

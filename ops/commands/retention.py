@@ -115,6 +115,9 @@ def apply_command(
                             disable=as_json)
         tasks: dict[str, TaskID] = {}
         with progress:
+            if not dry_run and not status.backfill_done:
+                # Once per deployment: jobs that finished before the terminal index existed.
+                tasks["backfill"] = progress.add_task("indexing older job records", total=None)
             for kind, label, _ in KINDS:
                 tasks[kind] = progress.add_task(
                     f"{'counting' if dry_run else 'deleting'} {label}",

@@ -216,8 +216,10 @@ def test_jobs_finished_before_the_index_existed_are_backfilled_once(
     old = finished(store, vault)
     store.redis.zrem(store.keys.terminal, old.job_id)
     retention = Retention(store, POLICY, clock=later(31))
-    report = retention.apply()
+    seen: list[str] = []
+    report = retention.apply(progress=lambda kind, _: seen.append(kind))
     assert report.backfilled == 1 and report.deleted["jobs"] == 1
+    assert seen[0] == "backfill"
     assert retention.backfill_done() and store.get(old.job_id) is None
     again = finished(store, vault, number="+15551230002")
     store.redis.zrem(store.keys.terminal, again.job_id)

@@ -77,13 +77,18 @@ def configure_logging(env: Mapping[str, str] | None = None) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=False) if console
-        else structlog.processors.JSONRenderer()
+    # Tracebacks as Python prints them, never with the frames' local variables (a secret can
+    # sit in one): JSON gets an `exception` text field (format_exc_info), the console plain
+    # text (ConsoleRenderer would pick Rich, which prints locals, when it is installed).
+    rendering: list[structlog.types.Processor] = (
+        [structlog.dev.ConsoleRenderer(colors=False,
+                                       exception_formatter=structlog.dev.plain_traceback)]
+        if console
+        else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_color_message],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -64,11 +65,14 @@ class Browser:
         self.driver.get(url)
 
     def wait_for(self, condition: Callable[[webdriver.Chrome], T], what: str,
-                 timeout: float = 30) -> T:
+                 timeout: float = 60) -> T:
         """Wait until `condition(driver)` is truthy; fail the test, naming `what`, after
-        `timeout` seconds."""
+        `timeout` seconds. An element that vanished (the page was navigating or re-rendering
+        while the condition read it) only means "not yet"."""
         try:
-            return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(
+            return WebDriverWait(self.driver, timeout, poll_frequency=0.1,
+                                 ignored_exceptions=(NoSuchElementException,
+                                                     StaleElementReferenceException)).until(
                 condition, message=what)
         except Exception as exc:  # selenium's TimeoutException, with the page for context
             pytest.fail(f"not within {timeout:g}s: {what} ({type(exc).__name__}); page:\n"

@@ -18,10 +18,10 @@ travels in the job record (`Job.trace_context`); every delivery's run span conti
 retries, sweeper re-sends and compensation land in the submit's trace.
 
 Instrumentation, and what it may record:
-* httpx (LiveKit's Twirp calls, one span each, named after the method): URL, method, status.
-  No bodies (they carry SIP passwords); headers only if an operator opts in with
-  `OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST`, and `SECRET_HEADERS` are then
-  always redacted (the LiveKit JWT is an `Authorization` header).
+* httpx, in the worker (LiveKit's Twirp calls, one span each, named after the method): URL,
+  method, status. No bodies (they carry SIP passwords); headers only if an operator opts in
+  with `OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST`, and `SECRET_HEADERS` are
+  then always redacted (the LiveKit JWT is an `Authorization` header).
 * FastAPI (`instrument_api`): route, method, status, client address; no bodies; the same
   redaction for `OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST` (API secrets,
   webhook signatures). The ASGI `receive`/`send` sub-spans are left out: two per request, and
@@ -124,9 +124,10 @@ def tracing_wanted(env: Mapping[str, str] | None = None) -> bool:
                 or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
 
 
-def configure_tracing(service_name: str) -> bool:
-    """Install the tracer provider the OTEL_* variables describe and instrument httpx; once
-    per process, a no-op afterwards. Returns whether spans are recorded.
+def configure_tracing(service_name: str, *, livekit_calls: bool = True) -> bool:
+    """Install the tracer provider the OTEL_* variables describe, once per process (a no-op
+    afterwards), and with `livekit_calls` trace httpx requests. Returns whether spans are
+    recorded.
 
     A configuration this installation cannot honour (an exporter nobody installed) is logged
     and leaves tracing off: traces must never stop a job.
@@ -140,7 +141,8 @@ def configure_tracing(service_name: str) -> bool:
             except TracingConfigError as exc:
                 log.error("tracing stays off: %s", exc)
                 return False
-        instrument_httpx()
+        if livekit_calls:
+            instrument_httpx()
         return True
 
 
@@ -273,8 +275,12 @@ def name_livekit_call(span: trace.Span, request: Any) -> None:
 
 
 def instrument_api(app: FastAPI) -> None:
-    """Trace the API's requests when tracing is configured (the app factory's one call)."""
-    if not configure_tracing(SERVICE_API):
+    """Trace the API's requests when tracing is configured (the app factory's one call).
+
+    The API's only LiveKit calls are /readyz's, which belong to no job: every probe would be
+    a trace of its own, so its httpx client is left alone.
+    """
+    if not configure_tracing(SERVICE_API, livekit_calls=False):
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor  # noqa: PLC0415
 

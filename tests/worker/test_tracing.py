@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -398,8 +399,9 @@ def test_an_idempotent_replay_names_the_first_job_and_keeps_its_context(
 
 def test_the_api_traces_requests_without_their_credentials(
         spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> None:
-    """instrument_api: a server span per request but the probes; asked for every header, the
-    API secret and the key are redacted."""
+    """instrument_api: a server span per request but the probes, no httpx spans (the API's
+    LiveKit calls are probes too); asked for every header, the API secret and key are
+    redacted."""
     monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", ".*")
     app = FastAPI()
 
@@ -413,6 +415,7 @@ def test_the_api_traces_requests_without_their_credentials(
 
     try:
         tracing.instrument_api(app)
+        assert not HTTPXClientInstrumentor().is_instrumented_by_opentelemetry  # /readyz's calls
         with TestClient(app) as http:
             assert http.get("/healthz").status_code == 200
             answer = http.get("/api/jobs/job_1", headers={"X-API-KEY": "sk_key-canary",

@@ -105,7 +105,8 @@ _OTLP_BY_PROTOCOL: Final = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_pr
 _W3C = TraceContextTextMapPropagator()
 _NO_SPAN: Final[AbstractContextManager[None]] = contextlib.nullcontext()
 _lock = threading.Lock()
-_tracers: dict[int, trace.Tracer] = {}
+# The provider is held, not its id: a provider that is gone could pass its id to the next.
+_tracer_of: dict[str, tuple[trace.TracerProvider, trace.Tracer]] = {}
 
 
 class TracingConfigError(ValueError):
@@ -215,11 +216,10 @@ def _tracer() -> trace.Tracer | None:
     provider = _installed_provider()
     if provider is None:
         return None
-    tracer = _tracers.get(id(provider))
-    if tracer is None:
-        # Keyed by the provider: a test may install another one.
-        tracer = _tracers[id(provider)] = provider.get_tracer(INSTRUMENTATION_NAME)
-    return tracer
+    cached = _tracer_of.get("current")
+    if cached is None or cached[0] is not provider:  # a test may install another provider
+        cached = _tracer_of["current"] = (provider, provider.get_tracer(INSTRUMENTATION_NAME))
+    return cached[1]
 
 
 def flush(timeout_seconds: float = 5.0) -> None:

@@ -189,11 +189,16 @@ def test_operator_views_and_a_replay_through_the_page(
     browser.find('nav a[href="/ops/dead-letters"]').click()
     browser.wait_for(lambda d: "No dead letters." in browser.text(), "an empty list")
 
-    # Never a secret on any page; nothing requested from anywhere but the API.
+    # Never a secret on any page or in the API's log (the session token neither); nothing
+    # requested from anywhere but the API.
     ciphertexts = [job.request.auth_password_ciphertext
                    for job in (provisioned, failed) if job.request is not None]
+    secrets = (CANARY_PASSWORD, operator["api_secret"], org_key.api_secret, *ciphertexts)
     for source in seen:
-        for secret in (CANARY_PASSWORD, operator["api_secret"], org_key.api_secret,
-                       *ciphertexts):
+        for secret in secrets:
             assert secret not in source
+    log = api.log()
+    assert "ops replay: operator key" in log and failed.job_id in log
+    for secret in (*secrets, session["value"]):
+        assert secret not in log
     assert browser.outside(api.url) == []

@@ -34,12 +34,17 @@ going back at once, and it would rely on the `unacked` entry having reached the 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kombu.transport
 from kombu.transport import redis as kombu_redis
 
 TRANSPORT_PATH = "worker.broker:FailoverSafeSentinelTransport"
+# Logged each time the fix takes effect, where kombu alone would have raised AttributeError.
+RESTORE_AFTER_COLLECT = "restoring unacked deliveries of a broker connection already released"
+
+logger = logging.getLogger(__name__)
 
 # kombu.transport.redis is unannotated and mypy sees only part of its classes; taken as Any,
 # the overrides below can call the private methods they wrap.
@@ -61,6 +66,7 @@ class FailoverSafeSentinelChannel(_SentinelChannel):  # type: ignore[misc]  # se
         # Collected: only this channel's close is left to run (the restore of its unacked
         # deliveries). The consumer runs it on its own thread; the transport is discarded
         # right after, so lending it the connection back for the call affects nothing else.
+        logger.info(RESTORE_AFTER_COLLECT)
         transport.client = self._opened_for
         try:
             return super()._get_pool(asynchronous)

@@ -345,7 +345,9 @@ def test_unreachable_redis_is_one_line_naming_redis_url(world: World,
     monkeypatch.setattr(ops.context, "make_context", lambda: OpsContext(
         settings, redis_conn=down, livekit=world.livekit, client_factory=world.client))
     for args in (["dlq", "list"], ["jobs", "list"], ["numbers", "list", "--org", "o"],
-                 ["results", "tail", "--count", "1"], ["reconcile"], ["dlq", "purge", "--yes"]):
+                 ["results", "tail", "--count", "1"], ["reconcile"], ["dlq", "purge", "--yes"],
+                 ["retention", "show"], ["retention", "apply"],
+                 ["retention", "apply", "--dry-run", "--json"]):
         result = world.cli(*args)
         assert result.exit_code == 3, (args, result.output)
         assert "cannot reach Redis at redis://:***@redis.internal:6379/0 (check REDIS_URL)" in (

@@ -28,6 +28,14 @@ def new_job_id() -> str:
     return "job_" + uuid.uuid4().hex
 
 
+_JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
+
+
+def valid_job_id(text: str) -> bool:
+    """Whether `text` has the shape new_job_id makes (checked before touching Redis)."""
+    return bool(_JOB_ID.match(text))
+
+
 def new_phone_number_id() -> str:
     return "pn_" + uuid.uuid4().hex
 

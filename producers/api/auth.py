@@ -32,7 +32,7 @@ async def authenticate(
                        "secret in X-API-SECRET", field="X-API-KEY" if not api_key else
                        "X-API-SECRET")
     key_id = api_key.strip()
-    subjects = _auth_subjects(request, key_id)
+    subjects = auth_subjects(request, key_id)
     # One thread hop for the whole check: each hop costs a context switch or two.
     return await run_in_threadpool(_check_credentials, state, subjects, key_id,
                                    api_secret.strip())
@@ -56,12 +56,13 @@ def _check_credentials(state: ApiState, subjects: tuple[str, str], key_id: str,
     return org_id
 
 
-def _auth_subjects(request: Request, key_id: str) -> tuple[str, str]:
+def auth_subjects(request: Request, key_id: str, *, prefix: str = "") -> tuple[str, str]:
     """The failed-authentication counters a request draws on: its client address and the key
-    id it claims (hashed: a key id is client-chosen text of any length)."""
+    id it claims (hashed: a key id is client-chosen text of any length). `prefix` keeps the
+    /ops login's counters apart from the API's."""
     address = request.client.host if request.client else "unknown"
     claimed = hashlib.sha256(key_id.encode("utf-8", "replace")).hexdigest()[:32]
-    return f"addr:{address}", f"key:{claimed}"
+    return f"{prefix}addr:{address}", f"{prefix}key:{claimed}"
 
 
 async def rate_limit(state: ApiState, org_id: str) -> None:

@@ -4,9 +4,7 @@ no script at all, one stylesheet served from this package."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.concurrency import run_in_threadpool
 
 from ops.paging import BadCursor
+from producers.api.auth import auth_subjects
 from producers.api.ops_page.auth import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -41,11 +40,11 @@ from producers.api.ops_page.auth import (
 )
 from producers.api.ops_page.views import MAX_PAGE, OpsData, timeline
 from producers.client import ProvisioningClient
-from producers.keys import ApiKeys
+from producers.keys import ApiKeys, valid_org_id
 from producers.ratelimit import RateLimiter
 from worker.contract import canonical_number
 from worker.reconcile import latest_report
-from worker.records import JobState
+from worker.records import JobState, valid_job_id
 from worker.store import NotReplicated, UnreadableRecord
 
 log = logging.getLogger("trunkline.ops_page")
@@ -53,8 +52,6 @@ log = logging.getLogger("trunkline.ops_page")
 HERE = Path(__file__).parent
 DEFAULT_PAGE = 25
 HOME = "/ops/dead-letters"
-_JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
-_ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # No script may run, nothing loads from elsewhere, and no other site may frame the page (a
 # framed replay button could be clicked for the operator) or receive its forms.
 SECURITY_HEADERS = {
@@ -156,13 +153,6 @@ def _first_link(request: Request) -> str | None:
     return f"{request.url.path}?{urlencode(query)}" if query else request.url.path
 
 
-def _fail_subjects(request: Request, key_id: str) -> tuple[str, str]:
-    """Failed logins count per client address and per claimed key id (hashed: client text)."""
-    address = request.client.host if request.client else "unknown"
-    claimed = hashlib.sha256(key_id.encode("utf-8", "replace")).hexdigest()[:32]
-    return f"ops-addr:{address}", f"ops-key:{claimed}"
-
-
 BAD_CURSOR = "That page link was not made by this page; start again from the first page."
 
 
@@ -197,7 +187,7 @@ async def login(request: Request) -> Response:
     key_id, secret = form.get("key_id", "").strip(), form.get("secret", "").strip()
     if not key_id or not secret:
         return _login_page(request, status=400, error="Enter the operator key and its secret.")
-    subjects = _fail_subjects(request, key_id)
+    subjects = auth_subjects(request, key_id, prefix="ops-")
 
     def check() -> tuple[str, OpsSession] | int:
         # Each wrong secret costs a password hash: past the limit, refuse before hashing.
@@ -269,7 +259,7 @@ async def dead_letters(request: Request, session: Operator, cursor: str | None =
 async def replay(request: Request, job_id: str, session: Operator) -> Response:
     page = _page(request)
     await _checked_form(request, session)
-    if not _JOB_ID.match(job_id):
+    if not valid_job_id(job_id):
         return page.error(request, session, 404, "No such job.")
     try:
         job = await run_in_threadpool(page.client.replay, job_id)
@@ -289,7 +279,7 @@ async def jobs(request: Request, session: Operator, *, cursor: str | None = None
                org: str | None = None) -> HTMLResponse:
     page = _page(request)
     wanted = JobState(state) if state in {s.value for s in JobState} else None
-    org = org.strip() if org and _ORG_ID.match(org.strip()) else None
+    org = org.strip() if org and valid_org_id(org.strip()) else None
     try:
         listing = await run_in_threadpool(
             lambda: page.data.jobs(cursor, _limit(limit), org=org, state=wanted))
@@ -303,7 +293,7 @@ async def jobs(request: Request, session: Operator, *, cursor: str | None = None
 async def job(request: Request, job_id: str, session: Operator,
               notice: str | None = None) -> HTMLResponse:
     page = _page(request)
-    if not _JOB_ID.match(job_id):
+    if not valid_job_id(job_id):
         return page.error(request, session, 404, "No such job.")
     try:
         found = await run_in_threadpool(page.data.job, job_id)

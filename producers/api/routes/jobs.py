@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -13,8 +11,7 @@ from producers.api.errors import NO_STORE, ApiError, envelope
 from producers.api.schemas import JobEnvelope, error_responses
 from producers.api.state import api_state
 from producers.api.submission import get_job as load_job
-
-_JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
+from worker.records import valid_job_id
 
 router = APIRouter(tags=["jobs"])
 
@@ -22,7 +19,7 @@ router = APIRouter(tags=["jobs"])
 async def get_job(request: Request, org_id: Org, job_id: str) -> JSONResponse:
     """One job of your organisation: state, steps, attempts, result or error (no password)."""
     state = api_state(request)
-    job = await load_job(state, job_id) if _JOB_ID.match(job_id) else None
+    job = await load_job(state, job_id) if valid_job_id(job_id) else None
     if job is None or job.org_id != org_id:
         raise ApiError(404, "job_not_found", f"No job {job_id[:80]} in your organisation",
                        field="job_id")

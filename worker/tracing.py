@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Final
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from pydantic import ValidationError
 
 from worker.records import Job, JobState, TraceContext
 
@@ -317,8 +318,14 @@ def trace_context_of(span: trace.Span | None) -> TraceContext | None:
     _W3C.inject(carrier, context=trace.set_span_in_context(span))
     if "traceparent" not in carrier:  # an invalid span context (a no-op provider's)
         return None
-    return TraceContext(traceparent=carrier["traceparent"],
-                        tracestate=carrier.get("tracestate") or None)
+    try:
+        return TraceContext(traceparent=carrier["traceparent"],
+                            tracestate=carrier.get("tracestate") or None)
+    except ValidationError:
+        # A caller's tracestate the record will not hold (longer than W3C's 512 characters,
+        # which OpenTelemetry itself does not enforce): the trace goes on without it, the
+        # submit must not fail for it.
+        return TraceContext(traceparent=carrier["traceparent"])
 
 
 def run_span(job: Job, start_time_ns: int) -> AbstractContextManager[trace.Span | None]:

@@ -19,7 +19,14 @@ from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from pydantic import ValidationError
 
 from producers.client import ProvisioningClient
@@ -431,3 +438,14 @@ def test_the_api_traces_requests_without_their_credentials(
     text = every_attribute_value(finished)
     assert "http.request.header.x_api_secret=('[REDACTED]',)" in text
     assert "canary" not in text
+
+
+def test_a_tracestate_the_record_will_not_hold_is_left_out_not_fatal() -> None:
+    """A caller's valid but long tracestate (OpenTelemetry allows 32 members of 256
+    characters; W3C caps the header at 512) must not fail the submit: the trace goes on."""
+    long_state = TraceState([(f"vendor{i}", "v" * 200) for i in range(3)])
+    span = NonRecordingSpan(SpanContext(
+        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736, span_id=0x00F067AA0BA902B7,
+        is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=long_state))
+    context = tracing.trace_context_of(span)
+    assert context == TraceContext(traceparent=TRACEPARENT)

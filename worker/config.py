@@ -76,6 +76,10 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+# How long an idempotency key names its job (TRUNKLINE_IDEMPOTENCY_TTL_SECONDS).
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
@@ -111,7 +115,7 @@ class Settings:
     retain_jobs_days: int = 30
     retain_dead_letters_days: int = 90
     retain_results_days: int = 7
-    idempotency_ttl_seconds: int = 24 * 3600
+    idempotency_ttl_seconds: int = IDEMPOTENCY_TTL_SECONDS
     retention_interval: int = 3600
 
     @classmethod
@@ -200,7 +204,8 @@ def _retention_settings(env: Mapping[str, str]) -> dict[str, Any]:
                 ("retain_jobs_days", "TRUNKLINE_RETAIN_JOBS_DAYS", 30),
                 ("retain_dead_letters_days", "TRUNKLINE_RETAIN_DEAD_LETTERS_DAYS", 90),
                 ("retain_results_days", "TRUNKLINE_RETAIN_RESULTS_DAYS", 7))}
-    ttl = env_int(env, "TRUNKLINE_IDEMPOTENCY_TTL_SECONDS", 24 * 3600, minimum=60)
+    ttl = env_int(env, "TRUNKLINE_IDEMPOTENCY_TTL_SECONDS", IDEMPOTENCY_TTL_SECONDS,
+                  minimum=60)
     # Retention cannot name a job's idempotency key (it is a SHA-256, which Redis' Lua lacks),
     # so a key must expire before its job may be deleted, or a retry would name a deleted job.
     for name, variable in (("retain_jobs_days", "TRUNKLINE_RETAIN_JOBS_DAYS"),

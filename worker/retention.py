@@ -411,7 +411,10 @@ class Retention:
     def _job_record_bytes(self, sample: int = 20) -> float | None:
         try:
             ids = cast(list[bytes], self.redis.zrandmember(self.keys.terminal, sample)) or []
-            sizes = [self.redis.memory_usage(self.keys.job(i.decode())) for i in ids]
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.memory_usage(self.keys.job(job_id.decode()))
+            sizes = pipe.execute()
         except ResponseError:  # MEMORY USAGE is missing on some Redis-compatible servers
             return None
         known = [int(s) for s in sizes if s is not None]

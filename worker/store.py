@@ -25,7 +25,7 @@ from redis.client import Pipeline
 from redis.commands.core import Script
 from redis.exceptions import WatchError
 
-from worker.config import Settings
+from worker.config import IDEMPOTENCY_TTL_SECONDS, Settings
 from worker.records import Job, JobState, PhoneNumberRecord
 
 if TYPE_CHECKING:  # the message module imports the tasks, which import the store
@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # the message module imports the tasks, which import the stor
 log = logging.getLogger(__name__)
 
 RESULTS_STREAM = "trunkline:results"
-IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
 
 class StoreError(Exception):

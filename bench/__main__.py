@@ -9,24 +9,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.options import PHASES, BenchError, Options
+from bench.options import PHASES, BenchError, Options, at_least
 from bench.report import KEYS, print_report, write_json
 from bench.stack import StackError
 from bench.workers import POOLS, WorkerError
 
-
-def _positive(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _not_negative(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+_positive = at_least(1)
+_not_negative = at_least(0)
 
 
 def _env_pair(raw: str) -> tuple[str, str]:

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -46,6 +46,7 @@ import redis
 from rich.console import Console
 
 from bench.api import free_port
+from bench.options import at_least
 from bench.stack import with_db
 from producers import ProvisioningClient
 from worker.app import create_app
@@ -150,15 +151,10 @@ class SoakResult:
 
 def slope(points: Sequence[tuple[float, float]]) -> float:
     """Least-squares slope of y over x."""
-    n = len(points)
-    if n < 2:
+    xs = [x for x, _ in points]
+    if len(set(xs)) < 2:  # linear_regression needs two distinct x values
         return 0.0
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    spread = sum((x - mean_x) ** 2 for x, _ in points)
-    if spread == 0:
-        return 0.0
-    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+    return statistics.linear_regression(xs, [y for _, y in points]).slope
 
 
 @contextlib.contextmanager
@@ -472,23 +468,13 @@ COUNTS = (
 )
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: list[str] | None = None) -> SoakOptions:
     parser = argparse.ArgumentParser(
         prog="python -m bench.soak",
         description="Redis memory under retention over many jobs (see the module docstring). "
                     "Starts a redis-server of its own unless --redis-url is given.")
     for flag, default, minimum, text in COUNTS:
-        parser.add_argument(flag, type=_at_least(minimum), default=default,
+        parser.add_argument(flag, type=at_least(minimum), default=default,
                             help=f"{text} (default {default})")
     parser.add_argument("--horizon", type=float, default=60.0,
                         help="retention of finished jobs, dead letters and results, seconds "

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from ops.commands import options
 from ops.context import err, ops_context, out
-from ops.views import cell, echo_json, table
+from ops.views import cell, echo_json, table, when
 from worker.retention import (
     DAY,
     DEFAULT_BATCH,
@@ -37,9 +37,7 @@ def _kept_for(seconds: float) -> str:
 
 
 def _at(epoch: float | None) -> str:
-    if epoch is None:
-        return ""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return when(None if epoch is None else datetime.fromtimestamp(epoch, UTC))
 
 
 def _kind_status(status: RetentionStatus, kind: str) -> KindStatus:
@@ -109,22 +107,26 @@ def apply_command(
     with ops_context() as ctx:
         retention = Retention(ctx.store, RetentionPolicy.from_settings(ctx.settings),
                               batch=batch)
-        status = retention.status()
+        # The bars' sizes cost a status read (counts, memory, samples); --json draws none.
+        status = None if as_json else retention.status()
         progress = Progress(TextColumn("{task.description}"), BarColumn(),
                             MofNCompleteColumn(), console=err, transient=True,
                             disable=as_json)
         tasks: dict[str, TaskID] = {}
         with progress:
-            if not dry_run and not status.backfill_done:
-                # Once per deployment: jobs that finished before the terminal index existed.
-                tasks["backfill"] = progress.add_task("indexing older job records", total=None)
-            for kind, label, _ in KINDS:
-                tasks[kind] = progress.add_task(
-                    f"{'counting' if dry_run else 'deleting'} {label}",
-                    total=_kind_status(status, kind).due or None)
+            if status is not None:
+                if not dry_run and not status.backfill_done:
+                    # Once per deployment: jobs that finished before the terminal index existed.
+                    tasks["backfill"] = progress.add_task("indexing older job records",
+                                                          total=None)
+                for kind, label, _ in KINDS:
+                    tasks[kind] = progress.add_task(
+                        f"{'counting' if dry_run else 'deleting'} {label}",
+                        total=_kind_status(status, kind).due or None)
 
             def advance(kind: str, count: int) -> None:
-                progress.advance(tasks[kind], count)
+                if kind in tasks:
+                    progress.advance(tasks[kind], count)
 
             report = retention.apply(dry_run=dry_run, progress=advance)
     if as_json:

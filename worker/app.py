@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery, bootsteps, signals
 from celery.exceptions import SoftTimeLimitExceeded
 
+from worker.broker import use_failover_safe_sentinel_transport
 from worker.config import Settings
 from worker.observability import GaugeFromCallable, configure_logging, serve_metrics
 from worker.runtime import (
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, env: Mapping[str, str] | None = None) -> Celery:
     settings = settings or Settings.from_env(env)
+    if settings.uses_sentinel:
+        use_failover_safe_sentinel_transport()  # kombu's sentinel:// gets our crash fix
     app = Celery("trunkline", broker=broker_url(settings), set_as_current=False)
     app.conf.update(
         task_serializer="json",

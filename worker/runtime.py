@@ -18,7 +18,6 @@ from urllib.parse import quote
 import redis
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from worker.broker import use_failover_safe_sentinel_transport
 from worker.chaos import hooks_from_env
 from worker.config import Settings, format_sentinels
 from worker.lifecycle import ReleaseSaga, UpdateSaga
@@ -157,12 +156,12 @@ def broker_url(settings: Settings) -> str:
     """Celery's broker URL: REDIS_URL, or kombu's `sentinel://h:p;sentinel://h:p` form.
 
     kombu takes the primary's password and database from the first sentinel URL and tries
-    the others in turn; the sentinels' own password goes in the transport options. The
-    scheme is pointed at worker.broker's transport, which survives a primary crash.
+    the others in turn; the sentinels' own password goes in the transport options. The app
+    factory (worker.app) points the scheme at worker.broker's transport, which survives a
+    primary crash.
     """
     if not settings.uses_sentinel:
         return settings.redis_url
-    use_failover_safe_sentinel_transport()
     auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
     return ";".join(f"sentinel://{auth}{format_sentinels(((host, port),))}/{settings.redis_db}"
                     for host, port in settings.redis_sentinels)

@@ -23,7 +23,11 @@ from kombu.common import ignore_errors
 
 from tests.integration.conftest import wait_for
 from tests.support.sentinel import SentinelGroup, free_ports, sentinel_group
-from worker.broker import RESTORE_AFTER_COLLECT, FailoverSafeSentinelTransport
+from worker.broker import (
+    RESTORE_AFTER_COLLECT,
+    FailoverSafeSentinelTransport,
+    use_failover_safe_sentinel_transport,
+)
 from worker.config import Settings
 from worker.runtime import broker_transport_options, broker_url
 
@@ -49,6 +53,7 @@ def group(tmp_path: Path) -> Iterator[SentinelGroup]:
 
 
 def broker_connection(settings: Settings, **options: Any) -> kombu.Connection:
+    use_failover_safe_sentinel_transport()  # as the app factory does
     return kombu.Connection(broker_url(settings),
                             transport_options={**broker_transport_options(settings), **options})
 

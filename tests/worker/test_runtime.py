@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import kombu.transport
 import pytest
 import redis
 from redis.sentinel import SentinelConnectionPool
 
-from worker import runtime
+from worker import broker, runtime
 from worker.app import create_app
 from worker.config import Settings
 from worker.runtime import (
@@ -159,5 +160,22 @@ def test_celery_app_uses_the_sentinel_transport() -> None:
             assert conn.transport_cls == "sentinel"
             assert conn.hostname == "s1" and conn.port == 26379
             assert conn.password == "p@ss/word" and conn.virtual_host == "3"
+    finally:
+        app.close()
+
+
+def test_the_app_factory_gives_sentinel_urls_the_crash_safe_transport(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """kombu's `sentinel://` scheme resolves to worker.broker's transport once an app with
+    Sentinel settings exists (the URL builder itself changes nothing global)."""
+    monkeypatch.setitem(kombu.transport.TRANSPORT_ALIASES, "sentinel",
+                        "kombu.transport.redis:SentinelTransport")
+    broker_url(SENTINEL)
+    assert kombu.transport.TRANSPORT_ALIASES["sentinel"] != broker.TRANSPORT_PATH
+    app = create_app(SENTINEL)
+    try:
+        assert kombu.transport.TRANSPORT_ALIASES["sentinel"] == broker.TRANSPORT_PATH
+        with app.connection_for_write() as conn:
+            assert isinstance(conn.transport, broker.FailoverSafeSentinelTransport)
     finally:
         app.close()
